@@ -1,0 +1,1011 @@
+"""WorldVLA model: a Chameleon-style decoder that is both an action policy and a world model.
+
+Follows Cen et al., 2025 ("WorldVLA: Towards Autoregressive Action World Model") and the Chameleon
+architecture of transformers' `ChameleonForConditionalGeneration` (parameter names kept, so released
+weights map one to one), with the release's changes:
+  * image-token logits are never masked (the world model generates images);
+  * residual dropout after attention and after the MLP (training only);
+  * the action attention mask: an action block that starts after the last image of a sequence does not
+    attend to earlier action blocks, so one wrong action of a chunk does not leak into the next ones.
+
+    input_ids (B, L) ──embed──> [RMSNorm -> attention (QK-LayerNorm, RoPE, action mask) -> dropout -> +]
+                                [RMSNorm -> SwiGLU MLP -> dropout -> +]  x num_hidden_layers
+                                RMSNorm -> lm_head -> logits (B, L, vocab)
+
+Because every action block of a chunk depends only on the prompt and on itself, `predict_action` decodes
+the K blocks of a chunk together: one prompt cache, `action_dim` steps of K tokens.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
+except ImportError:
+    from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
+
+IGNORE_INDEX = -100
+
+
+# <vq>
+def _swish(hidden_states: torch.Tensor) -> torch.Tensor:
+    # Written as taming writes it rather than F.silu, whose kernel rounds differently in the last bit:
+    # the encoder's output feeds an argmin, and this keeps its codes bit-identical to the references.
+    return hidden_states * torch.sigmoid(hidden_states)
+
+
+def _group_norm(num_channels: int, num_groups: int) -> nn.GroupNorm:
+    # taming's `Normalize`: eps 1e-6, not torch's 1e-5.
+    return nn.GroupNorm(num_groups=num_groups, num_channels=num_channels, eps=1e-6, affine=True)
+
+
+class WorldVLAVQResnetBlock(nn.Module):
+    """Pre-activation residual block: (GroupNorm, swish, 3x3 conv) twice, plus a 1x1 conv on the
+    shortcut when the width changes. Taming's timestep-embedding projection is absent: the VQGAN builds
+    its blocks with `temb_channels=0`, so the checkpoint has no `temb_proj`."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels, num_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = _group_norm(out_channels, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.nin_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+            if in_channels != out_channels
+            else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = hidden_states if self.nin_shortcut is None else self.nin_shortcut(hidden_states)
+        hidden_states = self.conv1(_swish(self.norm1(hidden_states)))
+        hidden_states = self.conv2(self.dropout(_swish(self.norm2(hidden_states))))
+        return residual + hidden_states
+
+
+class WorldVLAVQAttnBlock(nn.Module):
+    """Single-head self-attention over all positions of a feature map, with 1x1 convolutions as the
+    query, key, value and output projections, softmax scaled by channels ** -0.5, and a residual."""
+
+    def __init__(self, channels: int, num_groups: int):
+        super().__init__()
+        self.norm = _group_norm(channels, num_groups)
+        self.q = nn.Conv2d(channels, channels, kernel_size=1)
+        self.k = nn.Conv2d(channels, channels, kernel_size=1)
+        self.v = nn.Conv2d(channels, channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = self.norm(hidden_states)
+        batch_size, channels, height, width = hidden_states.shape
+        query = self.q(normed).reshape(batch_size, channels, height * width).permute(0, 2, 1)  # (B, HW, C)
+        key = self.k(normed).reshape(batch_size, channels, height * width)  # (B, C, HW)
+        value = self.v(normed).reshape(batch_size, channels, height * width)  # (B, C, HW)
+        # Explicit bmm + softmax in taming's order rather than scaled_dot_product_attention: the encoder's
+        # output feeds an argmin, and this keeps its codes bit-identical to the reference implementations.
+        weights = F.softmax(torch.bmm(query, key) * (channels**-0.5), dim=2)  # (B, HW query, HW key)
+        attended = torch.bmm(value, weights.permute(0, 2, 1)).reshape(batch_size, channels, height, width)
+        return hidden_states + self.proj_out(attended)
+
+
+class WorldVLAVQDownsample(nn.Module):
+    """Halves the resolution with a 3x3 stride-2 convolution after padding one zero row and column at the
+    bottom and right only (taming's asymmetric padding; padding=1 would shift the sampling grid)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(hidden_states, (0, 1, 0, 1), mode="constant", value=0.0))
+
+
+class WorldVLAVQUpsample(nn.Module):
+    """Doubles the resolution: nearest-neighbour x2, then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(hidden_states, scale_factor=2.0, mode="nearest"))
+
+
+class WorldVLAVQMidBlock(nn.Module):
+    """Residual block, self-attention, residual block at the lowest resolution (`encoder.mid`,
+    `decoder.mid`); the only attention of Meta's VQGAN."""
+
+    def __init__(self, channels: int, num_groups: int, dropout: float):
+        super().__init__()
+        self.block_1 = WorldVLAVQResnetBlock(channels, channels, num_groups, dropout)
+        self.attn_1 = WorldVLAVQAttnBlock(channels, num_groups)
+        self.block_2 = WorldVLAVQResnetBlock(channels, channels, num_groups, dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(hidden_states)))
+
+
+class WorldVLAVQLevel(nn.Module):
+    """One resolution level (`encoder.down.{i}` or `decoder.up.{i}`): residual blocks, each followed by an
+    attention block when the level's resolution is in `attn_resolutions`, then an optional resampler.
+    The resampler is registered as `downsample` in the encoder and `upsample` in the decoder, as in taming."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        use_attention: bool,
+        num_groups: int,
+        dropout: float,
+        resample: str | None,
+    ):
+        super().__init__()
+        self.block = nn.ModuleList(
+            WorldVLAVQResnetBlock(in_channels if i == 0 else out_channels, out_channels, num_groups, dropout)
+            for i in range(num_blocks)
+        )
+        # Taming keeps an empty `attn` list at levels without attention; an empty ModuleList has no weights.
+        self.attn = nn.ModuleList(
+            WorldVLAVQAttnBlock(out_channels, num_groups) for _ in range(num_blocks if use_attention else 0)
+        )
+        if resample == "down":
+            self.downsample = WorldVLAVQDownsample(out_channels)
+        elif resample == "up":
+            self.upsample = WorldVLAVQUpsample(out_channels)
+        elif resample is not None:
+            raise ValueError(f"`resample` must be 'down', 'up' or None, got {resample!r}.")
+        self.resample = resample
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for index, block in enumerate(self.block):
+            hidden_states = block(hidden_states)
+            if len(self.attn) > 0:
+                hidden_states = self.attn[index](hidden_states)
+        if self.resample == "down":
+            hidden_states = self.downsample(hidden_states)
+        elif self.resample == "up":
+            hidden_states = self.upsample(hidden_states)
+        return hidden_states
+
+
+class WorldVLAVQEncoder(nn.Module):
+    """Pixels (B, in_channels, H, W) -> latents (B, latent_channels, H/f, W/f), f = downsample factor."""
+
+    def __init__(self, config: WorldVLAVQConfig):
+        super().__init__()
+        groups, dropout = config.norm_num_groups, config.dropout
+        widths = [config.base_channels * multiplier for multiplier in config.channel_multiplier]
+        num_levels = len(widths)
+
+        self.conv_in = nn.Conv2d(config.in_channels, config.base_channels, kernel_size=3, stride=1, padding=1)
+        self.down = nn.ModuleList()
+        block_in, current_resolution = config.base_channels, config.resolution
+        for level, width in enumerate(widths):
+            is_last = level == num_levels - 1
+            self.down.append(
+                WorldVLAVQLevel(
+                    in_channels=block_in,
+                    out_channels=width,
+                    num_blocks=config.num_res_blocks,
+                    use_attention=current_resolution in config.attn_resolutions,
+                    num_groups=groups,
+                    dropout=dropout,
+                    resample=None if is_last else "down",
+                )
+            )
+            block_in = width
+            if not is_last:
+                current_resolution //= 2
+        self.mid = WorldVLAVQMidBlock(block_in, groups, dropout)
+        self.norm_out = _group_norm(block_in, groups)
+        self.conv_out = nn.Conv2d(block_in, config.latent_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv_in(pixel_values)
+        for level in self.down:
+            hidden_states = level(hidden_states)
+        hidden_states = self.mid(hidden_states)
+        return self.conv_out(_swish(self.norm_out(hidden_states)))
+
+
+class WorldVLAVQDecoder(nn.Module):
+    """Latents (B, latent_channels, h, w) -> pixels (B, out_channels, h*f, w*f), unclamped.
+
+    `up[i]` mirrors the encoder's `down[i]` (same width, same resolution) but runs in reverse order, from
+    the last level to the first; each level has `num_res_blocks + 1` residual blocks, and every level but
+    level 0 ends with an upsampler. Taming builds the levels from the last to the first and prepends each,
+    so its indices (hence the checkpoint's key names) are those of the encoder.
+    """
+
+    def __init__(self, config: WorldVLAVQConfig):
+        super().__init__()
+        groups, dropout = config.norm_num_groups, config.dropout
+        widths = [config.base_channels * multiplier for multiplier in config.channel_multiplier]
+        num_levels = len(widths)
+
+        block_in = widths[-1]
+        current_resolution = config.resolution // 2 ** (num_levels - 1)
+        self.conv_in = nn.Conv2d(config.latent_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = WorldVLAVQMidBlock(block_in, groups, dropout)
+        levels_last_first = []
+        for level in reversed(range(num_levels)):
+            levels_last_first.append(
+                WorldVLAVQLevel(
+                    in_channels=block_in,
+                    out_channels=widths[level],
+                    num_blocks=config.num_res_blocks + 1,
+                    use_attention=current_resolution in config.attn_resolutions,
+                    num_groups=groups,
+                    dropout=dropout,
+                    resample="up" if level != 0 else None,
+                )
+            )
+            block_in = widths[level]
+            if level != 0:
+                current_resolution *= 2
+        self.up = nn.ModuleList(reversed(levels_last_first))
+        self.norm_out = _group_norm(block_in, groups)
+        self.conv_out = nn.Conv2d(block_in, config.out_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.mid(self.conv_in(latents))
+        for level in reversed(self.up):
+            hidden_states = level(hidden_states)
+        return self.conv_out(_swish(self.norm_out(hidden_states)))
+
+
+class WorldVLAVQVectorQuantizer(nn.Module):
+    """Nearest-neighbour lookup in a codebook of `num_embeddings` vectors of size `embed_dim` (taming's
+    `VectorQuantizer2`, inference part: no commitment loss, no index remapping)."""
+
+    def __init__(self, config: WorldVLAVQConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.num_embeddings, config.embed_dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.LongTensor:
+        """Latents (B, embed_dim, h, w) -> codes (B, h, w): index of the nearest codebook vector."""
+        batch_size, embed_dim, height, width = latents.shape
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, embed_dim)  # (B*h*w, D)
+        codebook = self.embedding.weight  # (N, D)
+        # |z - e|^2 expanded as |z|^2 + |e|^2 - 2 z.e, in taming's order: the same float rounding, so the
+        # same argmin on near-ties. On exact ties argmin takes the lowest index, as taming does.
+        distances = (
+            torch.sum(flat**2, dim=1, keepdim=True)
+            + torch.sum(codebook**2, dim=1)
+            - 2 * torch.einsum("bd,dn->bn", flat, codebook.transpose(0, 1))
+        )  # (B*h*w, N)
+        return torch.argmin(distances, dim=1).reshape(batch_size, height, width)
+
+    def embed_codes(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Codes (B, h, w) -> codebook vectors (B, embed_dim, h, w)."""
+        return self.embedding(codes).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class WorldVLAVQOutput(ModelOutput):
+    """Output of [`WorldVLAVQModel.forward`].
+
+    Args:
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, out_channels, height, width)`):
+            The decoded image, clamped to [-1, 1].
+        codes (`torch.LongTensor` of shape `(batch_size, height / f, width / f)`):
+            The image codes, in [0, num_embeddings).
+    """
+
+    reconstruction: torch.FloatTensor | None = None
+    codes: torch.LongTensor | None = None
+
+
+class WorldVLAVQModel(PreTrainedModel):
+    """Chameleon's VQGAN: `encode` turns pixel values into image codes, `decode` turns codes into pixel
+    values, `forward` does both. Inference only (WorldVLA keeps its tokenizer frozen): no GAN or
+    commitment losses, no straight-through gradients.
+
+    Meta's checkpoint loads with
+    `model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")})`.
+    """
+
+    config_class = WorldVLAVQConfig
+    config: WorldVLAVQConfig
+    base_model_prefix = "vqmodel"
+    main_input_name = "pixel_values"
+    input_modalities = "image"
+    _no_split_modules = ["WorldVLAVQResnetBlock", "WorldVLAVQAttnBlock", "WorldVLAVQVectorQuantizer"]
+    # Weights stay float32 even under `from_pretrained(dtype=torch.bfloat16)`: see the module docstring.
+    _keep_in_fp32_modules_strict = ["encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"]
+
+    def __init__(self, config: WorldVLAVQConfig):
+        super().__init__(config)
+        self.encoder = WorldVLAVQEncoder(config)
+        self.decoder = WorldVLAVQDecoder(config)
+        self.quantize = WorldVLAVQVectorQuantizer(config)
+        self.quant_conv = nn.Conv2d(config.latent_channels, config.embed_dim, kernel_size=1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.latent_channels, kernel_size=1)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Random initialisation as in taming (PyTorch's defaults, codebook uniform in +-1/N). transformers'
+        # default N(0, 0.02) would shrink the latents until every position picks the same code, which
+        # makes randomly initialised test models useless. Trained weights always come from a checkpoint.
+        if isinstance(module, (nn.Conv2d, nn.GroupNorm)):
+            module.reset_parameters()
+        elif isinstance(module, nn.Embedding):
+            bound = 1.0 / module.num_embeddings
+            nn.init.uniform_(module.weight, -bound, bound)
+
+    @contextmanager
+    def _float32_computation(self, device: torch.device):
+        if self.dtype != torch.float32:
+            raise RuntimeError(
+                f"The VQGAN runs in float32 only (its codes are an argmin over close distances), but its "
+                f"weights are {self.dtype}. Keep it in float32: call `.float()` on it after casting a parent "
+                "model, or load it with `from_pretrained`, which keeps it in float32."
+            )
+        # A surrounding bf16/fp16 autocast (mixed-precision training of the transformer) must not reach it.
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        factor = self.config.downsample_factor
+        expected = f"(batch, {self.config.in_channels}, H, W) with H and W divisible by {factor}"
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"`pixel_values` must be a torch.Tensor of shape {expected}, got {type(pixel_values)}.")
+        shape = tuple(pixel_values.shape)
+        if (
+            pixel_values.ndim != 4
+            or shape[1] != self.config.in_channels
+            or shape[2] % factor != 0
+            or shape[3] % factor != 0
+            or shape[2] == 0
+            or shape[3] == 0
+        ):
+            raise ValueError(f"`pixel_values` must have shape {expected}, got {shape}.")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"`pixel_values` must be a float tensor in [-1, 1], got dtype {pixel_values.dtype}; "
+                "convert uint8 images with `images_to_pixel_values`."
+            )
+        return pixel_values.to(device=self.device, dtype=torch.float32)
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.LongTensor:
+        if not isinstance(codes, torch.Tensor) or codes.ndim != 3:
+            got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes)
+            raise ValueError(f"`codes` must be a tensor of shape (batch, height, width), got {got}.")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"`codes` must be an integer tensor, got dtype {codes.dtype}.")
+        if codes.numel() > 0 and (codes.min() < 0 or codes.max() >= self.config.num_embeddings):
+            raise ValueError(
+                f"`codes` must lie in [0, {self.config.num_embeddings}), got values in "
+                f"[{int(codes.min())}, {int(codes.max())}]."
+            )
+        return codes.to(device=self.device, dtype=torch.long)
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """Pixel values (B, 3, H, W), float in [-1, 1] -> codes (B, H/f, W/f) in [0, num_embeddings)."""
+        pixel_values = self._check_pixel_values(pixel_values)
+        with self._float32_computation(pixel_values.device):
+            latents = self.quant_conv(self.encoder(pixel_values))  # (B, embed_dim, H/f, W/f)
+            return self.quantize(latents)
+
+    def get_codebook_entry(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Codes (B, h, w) -> quantized latents (B, embed_dim, h, w), the decoder's input before
+        `post_quant_conv`."""
+        return self.quantize.embed_codes(self._check_codes(codes))
+
+    def decode(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Codes (B, h, w) -> pixel values (B, 3, h*f, w*f) in [-1, 1]."""
+        quantized = self.get_codebook_entry(codes)
+        with self._float32_computation(quantized.device):
+            pixels = self.decoder(self.post_quant_conv(quantized))
+        # The decoder has no output nonlinearity; Chameleon clamps before converting to pixels.
+        return pixels.clamp(-1.0, 1.0)
+
+    def forward(self, pixel_values: torch.Tensor) -> WorldVLAVQOutput:
+        """Encodes then decodes: the reconstruction the image tokens allow."""
+        codes = self.encode(pixel_values)
+        return WorldVLAVQOutput(reconstruction=self.decode(codes), codes=codes)
+# </vq>
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention masks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def find_action_blocks(input_ids, config):
+    """Locate action blocks in (B, L) token ids.
+
+    Returns `block_id` (B, L): 1-based index of the action block a token belongs to (its start and end tokens
+    included), 0 outside blocks; and `restricted` (B, L): True for tokens of blocks that start after the start
+    of the last image, the blocks the action mask cuts off from earlier blocks. A block without its end token
+    (one being generated) runs to the end of the sequence.
+    """
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    is_start = input_ids == config.action_start_token_id
+    is_end = input_ids == config.action_end_token_id
+    starts_so_far = is_start.long().cumsum(-1)
+    ends_before = is_end.long().cumsum(-1) - is_end.long()
+    in_block = starts_so_far > ends_before
+    block_id = torch.where(in_block, starts_so_far, torch.zeros_like(starts_so_far))
+
+    no_position = torch.full_like(input_ids, -1)
+    last_image_start = torch.where(input_ids == config.image_start_token_id, positions, no_position).amax(-1)
+    block_start = torch.where(is_start, positions, no_position).cummax(-1).values
+    restricted = in_block & (block_start > last_image_start[:, None])
+    return block_id, restricted
+
+
+def additive_mask(allowed, dtype):
+    """Bool (B, q, kv) -> additive float (B, 1, q, kv): 0 where attended, the dtype's minimum elsewhere.
+
+    A float mask, never a bool one: eager attention adds the mask to the scores, and a bool mask added as
+    0/1 would silently attend everywhere.
+    """
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def build_action_attention_mask(input_ids, config, attention_mask=None, dtype=torch.float32):
+    """WorldVLA's attention mask for (B, L) token ids, as an additive float mask (B, 1, L, L).
+
+    Causal, with padded keys (`attention_mask` == 0, right or left padding) hidden. With
+    `config.use_action_attention_mask`, a token of an action block that starts after the last image may not
+    attend to any other action block; it still sees BOS, text, images, separators and the earlier tokens of
+    its own block. Action blocks before the last image (the conditioning actions of a world-model sample)
+    stay plainly causal. Every position sees itself, so no row is empty.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+    length = input_ids.shape[1]
+    positions = torch.arange(length, device=input_ids.device)
+    allowed = (positions[None, :] <= positions[:, None]).expand(input_ids.shape[0], length, length)
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        allowed = allowed & attention_mask.bool()[:, None, :]
+    if config.use_action_attention_mask:
+        block_id, restricted = find_action_blocks(input_ids, config)
+        other_block = (block_id[:, None, :] > 0) & (block_id[:, None, :] != block_id[:, :, None])
+        allowed = allowed & ~(restricted[:, :, None] & other_block)
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+    return additive_mask(allowed, dtype)
+
+
+def position_ids_from_attention_mask(attention_mask):
+    """Sequential positions of the real tokens; padding takes position 0 (it is never attended)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoder building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class WorldVLARMSNorm(nn.Module):
+    def __init__(self, hidden_size, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class WorldVLAQKLayerNorm(nn.Module):
+    """Chameleon's QK norm: statistics over head_dim, a separate (weight, bias) row per head."""
+
+    def __init__(self, num_heads, head_dim, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+        self.eps = eps
+
+    def forward(self, hidden_states):  # (B, L, heads, head_dim)
+        hidden_states = F.layer_norm(hidden_states, hidden_states.shape[-1:], None, None, eps=self.eps)
+        return hidden_states * self.weight + self.bias
+
+
+def rotary_cos_sin(position_ids, head_dim, theta, dtype):
+    """RoPE tables (B, L, head_dim) computed on the fly: no buffer to initialise or move between devices."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x):
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary_pos_emb(query, key, cos, sin):
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads: (B, 1, L, head_dim)
+    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+
+
+class WorldVLAAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        if config.use_qk_norm:
+            self.q_norm = WorldVLAQKLayerNorm(self.num_heads, self.head_dim)
+            self.k_norm = WorldVLAQKLayerNorm(self.num_key_value_heads, self.head_dim)
+
+    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
+        batch, length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
+        key = self.k_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
+        value = self.v_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
+        if self.config.use_qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        groups = self.num_heads // self.num_key_value_heads
+        if groups > 1:
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+
+        dropout = self.config.attention_dropout if self.training else 0.0
+        if self.config._attn_implementation == "eager":
+            scores = torch.matmul(query, key.transpose(2, 3)) * self.scaling + attention_mask
+            weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+            weights = F.dropout(weights, p=dropout, training=self.training)
+            output = torch.matmul(weights, value)
+        else:
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
+            )
+        return self.o_proj(output.transpose(1, 2).reshape(batch, length, -1))
+
+
+class WorldVLAMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class WorldVLADecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = WorldVLAAttention(config, layer_idx)
+        self.mlp = WorldVLAMLP(config)
+        self.input_layernorm = WorldVLARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = WorldVLARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.residual_dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
+        attn_output = self.self_attn(
+            self.input_layernorm(hidden_states), attention_mask, position_embeddings, past_key_values
+        )
+        hidden_states = hidden_states + self.residual_dropout(attn_output)
+        mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.residual_dropout(mlp_output)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class WorldVLAPreTrainedModel(PreTrainedModel):
+    config_class = WorldVLAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WorldVLADecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+
+class WorldVLAModel(WorldVLAPreTrainedModel):
+    """The decoder stack without the language-model head."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [WorldVLADecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = WorldVLARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        """`attention_mask` is either (B, L) with 1 for real tokens, from which the action mask is built, or an
+        additive (B, 1, L, past + L) mask used as given (generation builds those rows from the full sequence)."""
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None or attention_mask.ndim == 2:
+            if past_length:
+                raise ValueError(
+                    "With a non-empty past_key_values, pass the additive 4-D attention mask of the new tokens "
+                    "(build_action_attention_mask on the full sequence, last rows): the action mask depends on "
+                    "tokens that are only in the cache."
+                )
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            if position_ids is None:
+                position_ids = position_ids_from_attention_mask(attention_mask)
+            attention_mask = build_action_attention_mask(input_ids, self.config, attention_mask, self.dtype)
+        elif attention_mask.ndim != 4:
+            raise ValueError(f"attention_mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)
+            position_ids = position_ids.expand(input_ids.shape[0], -1)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        hidden_states = self.embed_tokens(input_ids)
+        position_embeddings = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, hidden_states.dtype)
+        attention_mask = attention_mask.to(hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, position_embeddings, past_key_values)
+        return self.norm(hidden_states), past_key_values
+
+
+@dataclass
+class WorldVLACausalLMOutput(ModelOutput):
+    """`loss` is the training objective; `action_loss` (mean cross-entropy on action-bin targets), `image_loss`
+    (mean cross-entropy on image-code targets) and `z_loss` are detached, for logging (None when absent)."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: DynamicCache | None = None
+    action_loss: torch.FloatTensor | None = None
+    image_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+
+
+def _chunk_loss_terms(hidden_states, targets, lm_head_weight, lm_head_bias):
+    """Per-target cross-entropy and logsumexp^2 of one chunk, with fp32 logits that live only here."""
+    logits = F.linear(hidden_states, lm_head_weight, lm_head_bias).float()
+    logsumexp = logits.logsumexp(-1)
+    cross_entropy = logsumexp - logits.gather(-1, targets[:, None]).squeeze(-1)
+    return cross_entropy, logsumexp.pow(2)
+
+
+class ActionChunkLogitsProcessor(LogitsProcessor):
+    """Keeps generated tokens in the grammar of an action chunk: [start] action_dim bins [end], repeated."""
+
+    def __init__(self, config, prompt_length):
+        self.config = config
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        offset = (input_ids.shape[1] - self.prompt_length) % self.config.action_block_length
+        constrained = torch.full_like(scores, float("-inf"))
+        if offset == 0:
+            constrained[:, self.config.action_start_token_id] = 0.0
+        elif offset == self.config.action_block_length - 1:
+            constrained[:, self.config.action_end_token_id] = 0.0
+        else:
+            first = self.config.action_token_offset + 1
+            bins = slice(first, first + self.config.n_action_bins)
+            constrained[:, bins] = scores[:, bins]
+        return constrained
+
+
+class ImageTokensLogitsProcessor(LogitsProcessor):
+    """Keeps generated tokens in the layout of one frame: [start][grid H][grid W] (codes, row end) x rows [end].
+
+    Structure tokens are forced; at code positions only VQ codes are allowed, so a decoded frame always has
+    the model's grid.
+    """
+
+    def __init__(self, config, prompt_length):
+        self.config = config
+        self.prompt_length = prompt_length
+        grid = config.image_grid_size
+        grid_token = config.image_grid_token_id(config.image_size)
+        row = [None] * grid + [config.image_row_end_token_id]
+        self.layout = [config.image_start_token_id, grid_token, grid_token] + row * grid + [config.image_end_token_id]
+
+    def __call__(self, input_ids, scores):
+        offset = input_ids.shape[1] - self.prompt_length
+        constrained = torch.full_like(scores, float("-inf"))
+        forced = self.layout[offset] if offset < len(self.layout) else self.config.separator_token_id
+        if forced is None:
+            codes = slice(self.config.image_token_offset, self.config.image_token_offset + self.config.image_codebook_size)
+            constrained[:, codes] = scores[:, codes]
+        else:
+            constrained[:, forced] = 0.0
+        return constrained
+
+
+class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin):
+    """WorldVLA: the decoder with its language-model head, `predict_action` and the world-model methods."""
+
+    _tied_weights_keys = {}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = WorldVLAModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        """Logits for (B, L) ids; with `labels` (B, L), -100 = ignored, the class-weighted loss.
+
+        `logits_to_keep` = n > 0 returns logits for the last n positions only (training needs none: the loss
+        is computed from the hidden states, chunk by chunk).
+        """
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        hidden_states, past_key_values = self.model(
+            input_ids, attention_mask, position_ids, past_key_values, use_cache=use_cache
+        )
+        kept = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
+        logits = self.lm_head(kept)
+        output = WorldVLACausalLMOutput(logits=logits, past_key_values=past_key_values if use_cache else None)
+        if labels is not None:
+            output.loss, output.action_loss, output.image_loss, output.z_loss = self.compute_loss(hidden_states, labels)
+        return output
+
+    def compute_loss(self, hidden_states, labels):
+        """Class-weighted cross-entropy (weight `image_loss_weight` on image codes, 1 elsewhere, mean over the
+        weights) plus `z_loss_weight` * mean(logsumexp^2), over the labelled positions, next-token shifted.
+
+        Logits are made `loss_chunk_size` positions at a time in fp32 and, when gradients are needed,
+        recomputed in the backward pass instead of stored, so memory never holds (B, L, vocab) fp32 logits.
+        """
+        config = self.config
+        targets = labels[:, 1:].to(hidden_states.device)
+        selected = targets != IGNORE_INDEX
+        if not selected.any():
+            zero = hidden_states.sum() * 0.0
+            return zero, None, None, None
+        hidden = hidden_states[:, :-1][selected]
+        targets = targets[selected]
+        weight, bias = self.lm_head.weight, self.lm_head.bias
+        cross_entropy, z_terms = [], []
+        for start in range(0, targets.shape[0], config.loss_chunk_size):
+            chunk = slice(start, start + config.loss_chunk_size)
+            if torch.is_grad_enabled():
+                terms = checkpoint(_chunk_loss_terms, hidden[chunk], targets[chunk], weight, bias, use_reentrant=False)
+            else:
+                terms = _chunk_loss_terms(hidden[chunk], targets[chunk], weight, bias)
+            cross_entropy.append(terms[0])
+            z_terms.append(terms[1])
+        cross_entropy, z_terms = torch.cat(cross_entropy), torch.cat(z_terms)
+
+        is_image = (targets >= config.image_token_offset) & (targets < config.image_token_offset + config.image_codebook_size)
+        is_action = (targets > config.action_token_offset) & (targets <= config.action_token_offset + config.n_action_bins)
+        weights = torch.where(is_image, config.image_loss_weight, 1.0).to(cross_entropy.dtype)
+        z_loss = z_terms.mean()
+        loss = (weights * cross_entropy).sum() / weights.sum() + config.z_loss_weight * z_loss
+
+        def detached_mean(selection):
+            return cross_entropy[selection].detach().mean() if selection.any() else None
+
+        return loss, detached_mean(is_action), detached_mean(is_image), z_loss.detach()
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None, attention_mask=None, **kwargs):
+        """Rebuild the action mask rows of the new tokens from the full sequence at every generation step."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        new_tokens = next_sequence_length or input_ids.shape[1]
+        mask = build_action_attention_mask(input_ids, self.config, attention_mask, self.dtype)[:, :, -new_tokens:]
+        kwargs["position_ids"] = position_ids_from_attention_mask(attention_mask)[:, -new_tokens:]
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            past_key_values=past_key_values,
+            attention_mask=mask,
+            **kwargs,
+        )
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Policy
+    # -----------------------------------------------------------------------------------------------------------------
+
+    def _check_prompt(self, input_ids, attention_mask, new_tokens, processor):
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        longest = int(attention_mask.sum(-1).max()) + new_tokens
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt of {longest - new_tokens} tokens plus {new_tokens} generated ones exceeds the context of "
+                f"{self.config.max_position_embeddings} tokens (max_position_embeddings)"
+            )
+        if processor is not None:
+            processor.check_compatible(self.config)
+        return attention_mask.to(input_ids.device)
+
+    @torch.no_grad()
+    def generate_action_tokens(self, input_ids, attention_mask=None, decoding="parallel"):
+        """Greedy action-bin tokens (B, K, action_dim) for action prompts (B, P), right-padded.
+
+        "parallel": the K blocks decoded together, each at its sequential positions (block k starts at
+        P + k * block_length) over one shared prompt cache, `action_dim` forward passes of K tokens.
+        "sequential": `generate`, token by token, the mask rebuilt from the full sequence at every step.
+        Both give the same tokens: under the action mask no block sees another.
+        """
+        config = self.config
+        chunk, block = config.action_chunk_size, config.action_block_length
+        attention_mask = self._check_prompt(input_ids, attention_mask, chunk * block, None)
+        if decoding == "sequential":
+            generation_config = GenerationConfig(
+                max_new_tokens=chunk * block,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=config.pad_token_id,
+                bos_token_id=config.bos_token_id,
+            )
+            generated = self.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                logits_processor=LogitsProcessorList([ActionChunkLogitsProcessor(config, input_ids.shape[1])]),
+            )
+            blocks = generated[:, input_ids.shape[1] :].view(input_ids.shape[0], chunk, block)
+            return blocks[:, :, 1:-1]
+        if decoding != "parallel":
+            raise ValueError(f"decoding must be 'parallel' or 'sequential', got {decoding!r}")
+        if not config.use_action_attention_mask:
+            raise ValueError(
+                "parallel decoding relies on the action attention mask (blocks independent of each other); this "
+                "model has use_action_attention_mask=False: use decoding='sequential'"
+            )
+        return self._decode_action_blocks_in_parallel(input_ids, attention_mask)
+
+    def _decode_action_blocks_in_parallel(self, input_ids, attention_mask):
+        config = self.config
+        batch, chunk, device = input_ids.shape[0], config.action_chunk_size, input_ids.device
+        cache = DynamicCache(config=config)
+        self.model(input_ids, attention_mask, past_key_values=cache, use_cache=True)
+
+        # The new blocks start after the last image: besides their own block they see the real prompt tokens
+        # outside action blocks.
+        prompt_blocks, _ = find_action_blocks(input_ids, config)
+        visible_prompt = (attention_mask.bool() & (prompt_blocks == 0))[:, None, :].expand(batch, chunk, -1)
+        block_index = torch.arange(chunk, device=device)
+        first_positions = attention_mask.sum(-1, keepdim=True) + block_index * config.action_block_length
+        first_bin = config.action_token_offset + 1
+        tokens = torch.full((batch, chunk), config.action_start_token_id, dtype=torch.long, device=device)
+        bins = []
+        for step in range(config.action_dim):
+            # Cached generated tokens are ordered step by step, K per step: a block sees its own column.
+            own_block = (block_index[:, None] == block_index.repeat(step + 1)[None, :])[None].expand(batch, -1, -1)
+            mask = additive_mask(torch.cat([visible_prompt, own_block], dim=-1), self.dtype)
+            hidden, cache = self.model(tokens, mask, first_positions + step, cache, use_cache=True)
+            bin_logits = F.linear(hidden, self.lm_head.weight[first_bin : first_bin + config.n_action_bins])
+            tokens = bin_logits.argmax(-1) + first_bin
+            bins.append(tokens)
+        return torch.stack(bins, dim=-1)
+
+    @torch.no_grad()
+    def predict_action(self, input_ids, attention_mask=None, processor=None, unnorm_key=None, decoding="parallel", **kwargs):
+        """Continuous actions (K, action_dim) for one prompt, (B, K, action_dim) for a batch of B > 1.
+
+        `input_ids`/`attention_mask` come from `processor(text=instruction, images=history_frames)`; the
+        processor un-normalises the bins with the statistics saved with the checkpoint under `unnorm_key`.
+        """
+        if processor is None:
+            raise ValueError("predict_action needs the checkpoint's processor (it holds the action statistics)")
+        attention_mask = self._check_prompt(input_ids, attention_mask, 0, processor)
+        bin_tokens = self.generate_action_tokens(input_ids, attention_mask, decoding=decoding)
+        actions = processor.decode_actions(bin_tokens.cpu().numpy(), unnorm_key=unnorm_key)
+        return actions[0] if actions.shape[0] == 1 else actions
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # World model
+    # -----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_image_tokens(self, input_ids, attention_mask=None, do_sample=False, **generation_kwargs):
+        """Token ids (B, image_sequence_length) of the next frame for world-model prompts (B, P)."""
+        config = self.config
+        attention_mask = self._check_prompt(input_ids, attention_mask, config.image_sequence_length, None)
+        generation_config = GenerationConfig(
+            max_new_tokens=config.image_sequence_length,
+            do_sample=do_sample,
+            eos_token_id=None,
+            pad_token_id=config.pad_token_id,
+            bos_token_id=config.bos_token_id,
+            **generation_kwargs,
+        )
+        generated = self.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            logits_processor=LogitsProcessorList([ImageTokensLogitsProcessor(config, input_ids.shape[1])]),
+        )
+        return generated[:, input_ids.shape[1] :]
+
+    @torch.no_grad()
+    def predict_next_frame(self, images, actions, processor, unnorm_key=None, do_sample=False, **generation_kwargs):
+        """The frame after `images` (uint8 HWC, or a list of them) once `actions` ((7,), or (B, 7)) are applied.
+
+        Returns uint8 (H, W, 3), or (B, H, W, 3) for a batch. Greedy unless `do_sample`; `generation_kwargs`
+        (temperature, top_k, ...) go to `GenerationConfig`.
+        """
+        processor.check_compatible(self.config)
+        inputs = processor.build_world_model_inputs(images, actions, unnorm_key=unnorm_key).to(self.device)
+        image_tokens = self.generate_image_tokens(**inputs, do_sample=do_sample, **generation_kwargs)
+        frames = processor.decode_image_tokens(image_tokens.cpu())
+        return frames[0] if np.ndim(actions) == 1 else frames
+
+    @torch.no_grad()
+    def rollout(self, image, actions, processor, unnorm_key=None, do_sample=False, **generation_kwargs):
+        """Imagine N frames: apply actions (N, 7) one by one from `image`, feeding each generated frame back.
+
+        Returns uint8 (N, H, W, 3). The generated codes are fed back as they are (no decode and re-encode).
+        """
+        processor.check_compatible(self.config)
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2:
+            raise ValueError(f"rollout takes actions of shape (N, {self.config.action_dim}), got {actions.shape}")
+        codes = processor.encode_images([image])[0]
+        generated = []
+        for action in actions:
+            inputs = processor.build_world_model_inputs_from_codes([codes], action[None], unnorm_key=unnorm_key)
+            image_tokens = self.generate_image_tokens(**inputs.to(self.device), do_sample=do_sample, **generation_kwargs)
+            codes = processor.image_tokens_to_codes(image_tokens[0].cpu())
+            generated.append(codes)
+        return processor.decode_image_codes(torch.stack(generated))
+
+
+WorldVLAForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
