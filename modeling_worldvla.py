@@ -840,6 +840,13 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
 
         return loss, detached_mean(is_action), detached_mean(is_image), z_loss.detach()
 
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """`GenerationMixin.generate`, with the attention mask all ones when none is given: BOS and padding share
+        id 0, so a mask inferred from the padding id would hide the BOS token and shift every position."""
+        if input_ids is not None and attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None, attention_mask=None, **kwargs):
         """Rebuild the action mask rows of the new tokens from the full sequence at every generation step."""
         if attention_mask is None:

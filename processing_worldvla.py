@@ -153,7 +153,7 @@ def images_to_pixel_values(images, image_size=None):
 def pixel_values_to_images(pixel_values):
     """Float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), round((x + 1) / 2 * 255)."""
     values = pixel_values.detach().to("cpu", torch.float64).clamp(-1.0, 1.0)
-    return torch.round((values + 1.0) / 2.0 * 255.0).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return torch.round((values + 1.0) / 2.0 * 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class WorldVLAProcessor(ProcessorMixin):

@@ -1,0 +1,217 @@
+"""WorldVLA model: loss, cached generation, parallel decoding, world model, errors."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformers.generation import LogitsProcessorList
+
+from modeling_worldvla import (
+    IGNORE_INDEX,
+    ActionChunkLogitsProcessor,
+    ImageTokensLogitsProcessor,
+    build_action_attention_mask,
+)
+from scripts.build_small_checkpoint import build_small_worldvla
+
+
+def mixed_batch(processor, frames):
+    codes = list(processor.encode_images(frames))
+    rng = np.random.default_rng(0)
+    samples = [
+        processor.build_action_sample("pick up the black bowl", codes, rng.uniform(-1, 1, (5, 7))),
+        processor.build_world_model_sample(codes[:1], rng.uniform(-1, 1, (1, 7)), codes[1]),
+    ]
+    return processor.pad(samples)
+
+
+def reference_loss(logits, labels, config):
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    logits, targets = logits[selected], targets[selected]
+    cross_entropy = F.cross_entropy(logits, targets, reduction="none")
+    is_image = (targets >= config.image_token_offset) & (targets < config.image_token_offset + config.image_codebook_size)
+    weights = torch.where(is_image, config.image_loss_weight, 1.0)
+    z_loss = logits.logsumexp(-1).pow(2).mean()
+    return (weights * cross_entropy).sum() / weights.sum() + config.z_loss_weight * z_loss, cross_entropy, is_image
+
+
+def test_loss_matches_reference_and_chunking(small_worldvla, frames):
+    model, processor = small_worldvla
+    batch = mixed_batch(processor, frames)
+    output = model(**batch)
+    expected, cross_entropy, is_image = reference_loss(output.logits, batch["labels"], model.config)
+    torch.testing.assert_close(output.loss, expected)
+    torch.testing.assert_close(output.image_loss, cross_entropy[is_image].mean())
+    assert output.image_loss is not None and torch.isfinite(output.image_loss)
+    assert output.action_loss is not None and torch.isfinite(output.action_loss)
+
+    chunked = copy.deepcopy(model)
+    chunked.config.loss_chunk_size = 7
+    chunked_output = chunked(**batch)
+    torch.testing.assert_close(chunked_output.loss, output.loss)
+    output.loss.backward()
+    chunked_output.loss.backward()
+    for (name, parameter), other in zip(model.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(parameter.grad, other.grad, msg=name)
+    model.zero_grad()
+
+
+def test_image_logits_are_not_masked(small_worldvla, frames):
+    model, processor = small_worldvla
+    config = model.config
+    with torch.no_grad():
+        logits = model(**mixed_batch(processor, frames)).logits
+    image_logits = logits[..., config.image_token_offset : config.image_token_offset + config.image_codebook_size]
+    assert torch.isfinite(image_logits).all() and image_logits.abs().max() < 1e3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(frames):
+    model, processor = build_small_worldvla(seed=1, residual_dropout=0.0)
+    batch = mixed_batch(processor, frames)
+    model.train()
+    model(**batch).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model(**batch).loss.backward()
+    for reference, parameter in zip(expected, model.parameters()):
+        torch.testing.assert_close(parameter.grad, reference)
+
+
+@pytest.mark.parametrize("task", ["action", "world"])
+def test_cached_generation_equals_full_forward(small_worldvla, frames, task):
+    """Logits of every cached `generate` step equal a full forward of the final sequence."""
+    model, processor = small_worldvla
+    config = model.config
+    codes = list(processor.encode_images(frames))
+    if task == "action":
+        # The prompt already holds two blocks of the chunk, so the rebuilt mask rows matter at every step.
+        sample = processor.build_action_sample("open the top drawer", codes, np.full((5, 7), 0.3))
+        prompt = torch.tensor([sample["input_ids"][: -3 * config.action_block_length - 1]])
+        grammar = ActionChunkLogitsProcessor(config, prompt.shape[1])
+        new_tokens = 2 * config.action_block_length
+    else:
+        prompt = processor.build_world_model_inputs(frames[0], np.full(7, 0.2))["input_ids"]
+        grammar = ImageTokensLogitsProcessor(config, prompt.shape[1])
+        new_tokens = config.image_sequence_length
+    output = model.generate(
+        prompt,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        logits_processor=LogitsProcessorList([grammar]),
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    assert output.sequences.shape[1] == prompt.shape[1] + new_tokens
+    with torch.no_grad():
+        full = model(output.sequences).logits
+    step_logits = torch.stack(output.logits, dim=1)
+    torch.testing.assert_close(step_logits, full[:, prompt.shape[1] - 1 : -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [5, 10])
+def test_parallel_equals_sequential_decoding(chunk):
+    model, processor = build_small_worldvla(seed=chunk, action_chunk_size=chunk)
+    rng = np.random.default_rng(chunk)
+    instructions = ["pick up the alphabet soup and place it in the basket", "open the middle drawer", "turn on the stove"]
+    frames = [[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)] for _ in instructions]
+    inputs = processor(text=instructions, images=frames)
+    assert inputs["attention_mask"].min() == 0  # instructions of different lengths: right padding is exercised
+    parallel = model.generate_action_tokens(**inputs, decoding="parallel")
+    sequential = model.generate_action_tokens(**inputs, decoding="sequential")
+    assert parallel.shape == (3, chunk, 7)
+    assert torch.equal(parallel, sequential)
+    for row, instruction in enumerate(instructions):
+        single = processor(text=instruction, images=frames[row])
+        assert torch.equal(model.generate_action_tokens(**single)[0], parallel[row])
+
+
+def test_predict_action_shapes_and_statistics(small_worldvla, frames):
+    model, processor = small_worldvla
+    inputs = processor(text="pick up the black bowl", images=frames)
+    actions = model.predict_action(**inputs, processor=processor)
+    assert actions.shape == (5, 7) and np.isfinite(actions).all()
+    low, high = processor.action_tokenizer.bounds()
+    assert (actions >= low).all() and (actions <= high).all()
+    tokens = model.generate_action_tokens(**inputs)[0].numpy()
+    np.testing.assert_array_equal(actions, processor.decode_actions(tokens))
+
+    batch = processor(text=["a", "b"], images=[frames, frames[::-1]])
+    assert model.predict_action(**batch, processor=processor).shape == (2, 5, 7)
+
+    with pytest.raises(KeyError, match=r"unknown unnorm_key 'bridge'.*\['libero'\]"):
+        model.predict_action(**inputs, processor=processor, unnorm_key="bridge")
+    with pytest.raises(ValueError, match="needs the checkpoint's processor"):
+        model.predict_action(**inputs)
+
+
+def test_prompt_longer_than_context(small_worldvla, frames):
+    model, processor = small_worldvla
+    inputs = processor(text="pick up the black bowl " * 40, images=frames)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model.predict_action(**inputs, processor=processor)
+
+
+def test_parallel_decoding_refused_without_action_mask(frames):
+    model, processor = build_small_worldvla(use_action_attention_mask=False)
+    inputs = processor(text="open the drawer", images=frames)
+    with pytest.raises(ValueError, match="use decoding='sequential'"):
+        model.predict_action(**inputs, processor=processor)
+    assert model.predict_action(**inputs, processor=processor, decoding="sequential").shape == (5, 7)
+
+
+def test_processor_model_mismatch_is_reported(frames):
+    model, _ = build_small_worldvla(action_chunk_size=5)
+    _, other_processor = build_small_worldvla(codebook_size=128)
+    inputs = other_processor(text="open the drawer", images=frames)
+    with pytest.raises(ValueError, match="processor and model disagree on"):
+        model.predict_action(**inputs, processor=other_processor)
+
+
+def test_world_model_generates_well_formed_frames(small_worldvla, frames):
+    model, processor = small_worldvla
+    config = model.config
+    inputs = processor.build_world_model_inputs(frames[0], np.zeros(7))
+    tokens = model.generate_image_tokens(**inputs)
+    assert tokens.shape == (1, config.image_sequence_length)
+    codes = processor.image_tokens_to_codes(tokens[0])
+    assert codes.shape == (config.image_grid_size, config.image_grid_size)
+    assert torch.equal(torch.tensor(processor.image_codes_to_token_ids(codes)), tokens[0])
+
+    frame = model.predict_next_frame(frames[0], np.zeros(7), processor)
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, processor.decode_image_codes(codes[None])[0])
+    batch = model.predict_next_frame(frames, np.zeros((2, 7)), processor)
+    assert batch.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(batch[0], frame)
+
+    imagined = model.rollout(frames[0], np.zeros((3, 7)), processor)
+    assert imagined.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(imagined[0], frame)
+
+
+def test_sampled_frames_are_reproducible_with_a_seed(small_worldvla, frames):
+    model, processor = small_worldvla
+    torch.manual_seed(0)
+    first = model.predict_next_frame(frames[0], np.zeros(7), processor, do_sample=True, top_k=8)
+    torch.manual_seed(0)
+    second = model.predict_next_frame(frames[0], np.zeros(7), processor, do_sample=True, top_k=8)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_cache_requires_a_full_mask(small_worldvla, frames):
+    model, processor = small_worldvla
+    ids = processor(text="open the drawer", images=frames)["input_ids"]
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model(ids[:, :-1], use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="additive 4-D attention mask"):
+            model(ids[:, -1:], past_key_values=cache)
+        mask = build_action_attention_mask(ids, model.config)[:, :, -1:]
+        last = model(ids[:, -1:], mask, past_key_values=cache).logits
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
