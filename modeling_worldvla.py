@@ -755,6 +755,8 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
     """WorldVLA: the decoder with its language-model head, `predict_action` and the world-model methods."""
 
     _tied_weights_keys = {}
+    # The loss is a weighted mean within each batch: Trainer must scale it for gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config):
         super().__init__(config)

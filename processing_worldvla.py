@@ -43,6 +43,7 @@ LIBERO_ACTION_STATISTICS = {
     "max": [0.9375, 0.9375, 0.9375, 0.375, 0.375, 0.375, 1.0],
 }
 DEFAULT_UNNORM_KEY = "libero"
+NORMALIZATION_EPSILON = 1e-8
 
 
 def build_text_tokenizer(texts, vocab_size=512):
@@ -69,7 +70,8 @@ def build_text_tokenizer(texts, vocab_size=512):
 class ActionTokenizer:
     """Continuous actions <-> bin tokens, with min/max statistics per dataset key.
 
-    normalise: x' = 2 (x - min) / (max - min) - 1, clipped to [-1, 1] (a dimension with max == min maps to 0);
+    normalise: x' = 2 (x - min) / (max - min + 1e-8) - 1, clipped to [-1, 1] (the release's epsilon: a value at
+    `max` lands in bin n_bins - 1, as in the released models' training data, and max == min gives no NaN);
     bins: edges = linspace(-1, 1, n_bins), bin = digitize(x', edges) in 1..n_bins, token = offset + bin;
     decode: the centre of the bin (n_bins - 1 centres between consecutive edges, bin index clamped), then
     un-normalised with the same statistics.
@@ -106,14 +108,11 @@ class ActionTokenizer:
     def normalize(self, actions, key=None):
         actions = self._check_actions(actions)
         low, high = self.bounds(key)
-        span = high - low
-        safe_span = np.where(span > 0, span, 1.0)
-        normalised = np.where(span > 0, 2.0 * (actions - low) / safe_span - 1.0, 0.0)
-        return np.clip(normalised, -1.0, 1.0)
+        return np.clip(2.0 * (actions - low) / (high - low + NORMALIZATION_EPSILON) - 1.0, -1.0, 1.0)
 
     def unnormalize(self, normalised, key=None):
         low, high = self.bounds(key)
-        return (np.asarray(normalised, dtype=np.float64) + 1.0) / 2.0 * (high - low) + low
+        return (np.asarray(normalised, dtype=np.float64) + 1.0) / 2.0 * (high - low + NORMALIZATION_EPSILON) + low
 
     def encode(self, actions, key=None):
         """Actions (..., action_dim) -> token ids (..., action_dim)."""
@@ -234,22 +233,37 @@ class WorldVLAProcessor(ProcessorMixin):
         return output
 
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
-        if push_to_hub:
-            return super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
         self.vq_model.save_pretrained(os.path.join(save_directory, VQ_SUBFOLDER))
-        return super().save_pretrained(save_directory, **kwargs)
+        files = super().save_pretrained(save_directory)
+        if push_to_hub:
+            # `push_to_hub` saves into a fresh folder and uploads all of it, the VQ subfolder included.
+            self.push_to_hub(kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory))), **kwargs)
+        return files
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load the text tokenizer, the VQ subfolder and `processor_config.json` of a folder or Hub repo.
+
+        Each part is loaded by its own class, so nothing of the checkpoint's remote code runs here.
+        """
         hub_kwargs = {
             name: kwargs[name]
-            for name in ("cache_dir", "force_download", "local_files_only", "token", "revision")
+            for name in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             if name in kwargs
         }
-        vq_model = kwargs.pop("vq_model", None) or WorldVLAVQModel.from_pretrained(
-            pretrained_model_name_or_path, subfolder=VQ_SUBFOLDER, **hub_kwargs
+        subfolder = hub_kwargs.pop("subfolder", "")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        vq_model = WorldVLAVQModel.from_pretrained(
+            pretrained_model_name_or_path, subfolder=os.path.join(subfolder, VQ_SUBFOLDER) if subfolder else VQ_SUBFOLDER, **hub_kwargs
         )
-        return super().from_pretrained(pretrained_model_name_or_path, vq_model=vq_model, **kwargs)
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        return cls(
+            tokenizer,
+            vq_model,
+            layout=processor_dict["layout"],
+            action_statistics=processor_dict["action_statistics"],
+            default_unnorm_key=processor_dict["default_unnorm_key"],
+        )
 
     def check_compatible(self, config):
         """Raise if this processor and a model config disagree on a token id or size."""

@@ -106,7 +106,7 @@ def hub(tmp_path, monkeypatch):
 def test_push_to_hub_and_load_by_name(small_worldvla, hub, tmp_path):
     model, processor = small_worldvla
     model.push_to_hub("lab/worldvla-small")
-    processor.push_to_hub("lab/worldvla-small")
+    processor.save_pretrained(tmp_path / "processor", push_to_hub=True, repo_id="lab/worldvla-small")
     stored = hub.repo_dir("lab/worldvla-small")
     assert stored.exists()
     env = {**os.environ, **hub_env(hub.endpoint, tmp_path / "child-home")}
