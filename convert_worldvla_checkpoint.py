@@ -33,8 +33,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import pickle
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -557,17 +559,34 @@ def write_model_card(output_dir, config, suite, source, repo_id):
     (Path(output_dir) / "README.md").write_text(card)
 
 
-def prepare_output_dir(output_dir, overwrite):
-    """Create the folder; refuse a non-empty one unless `overwrite`, then remove only files this script writes."""
+def prepare_staging_dir(output_dir, overwrite):
+    """A fresh sibling folder to write into; the output folder appears only once the conversion is complete.
+
+    Refuses a non-empty output folder unless `overwrite`.
+    """
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ConversionError(f"{output_dir} is not empty; pass --overwrite to replace a previous conversion")
-        for stale in list(output_dir.glob("model*.safetensors")) + list(
-            output_dir.glob("model.safetensors.index.json")
-        ):
-            stale.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise ConversionError(f"{output_dir} is not empty; pass --overwrite to replace a previous conversion")
+    staging = output_dir.parent / f".{output_dir.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_staging_dir(staging, output_dir):
+    """Swap the finished staging folder in place of the output folder (a crash before this leaves no
+    half-written checkpoint under the output name)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        replaced = output_dir.parent / f".{output_dir.name}.replaced"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.replace(output_dir, replaced)
+        os.replace(staging, output_dir)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(staging, output_dir)
 
 
 def convert(
@@ -631,12 +650,13 @@ def convert(
         config, tokenizer, vq_model, action_statistics={suite: LIBERO_ACTION_STATISTICS}, default_unnorm_key=suite
     )
 
-    prepare_output_dir(output_dir, overwrite)
-    write_model_shards(plan, model_dir, output_dir, config, dtype, max_shard_size)
-    write_code_and_config(config, output_dir)
-    processor.save_pretrained(output_dir)
+    staging = prepare_staging_dir(output_dir, overwrite)
+    write_model_shards(plan, model_dir, staging, config, dtype, max_shard_size)
+    write_code_and_config(config, staging)
+    processor.save_pretrained(staging)
     source = f"Alibaba-DAMO-Academy/WorldVLA/model_{detected_size or image_size}/{suite}"
-    write_model_card(output_dir, config, suite, source, repo_id)
+    write_model_card(staging, config, suite, source, repo_id)
+    publish_staging_dir(staging, output_dir)
     logger.info("wrote %s", output_dir)
     return Path(output_dir)
 

@@ -476,6 +476,23 @@ def test_dtype_flag_and_single_shard(release, tmp_path):
     assert json.loads((output_dir / "config.json").read_text())["dtype"] == "float32"
 
 
+def test_a_crash_leaves_no_half_written_checkpoint(release, tmp_path, monkeypatch):
+    output_dir = tmp_path / "converted"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(converter, "write_code_and_config", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        converter.convert(release["model_dir"], release["tokenizer_dir"], output_dir, image_size=IMAGE_SIZE)
+    assert not output_dir.exists()
+    monkeypatch.undo()
+    converter.convert(release["model_dir"], release["tokenizer_dir"], output_dir, image_size=IMAGE_SIZE)
+    assert (output_dir / "config.json").exists() and not list(tmp_path.glob(".converted.*"))
+    with pytest.raises(converter.ConversionError, match="is not empty; pass --overwrite"):
+        converter.convert(release["model_dir"], release["tokenizer_dir"], output_dir, image_size=IMAGE_SIZE)
+
+
 def test_converted_folder_loads_in_a_fresh_process_with_the_auto_classes(converted, model, processor, frames, tmp_path):
     np.save(tmp_path / "frames.npy", np.stack(frames[:2]))
     script = f"""
