@@ -1,0 +1,304 @@
+"""train.py end to end on a tiny WorldVLA (2 layers, 64-px frames) and small LIBERO-format HDF5 files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import EvalPrediction
+
+import train
+from modeling_worldvla import WorldVLAForConditionalGeneration
+from processing_worldvla import LIBERO_ACTION_STATISTICS
+from scripts.build_small_checkpoint import build_small_worldvla
+
+try:
+    from tests.hub_server import hub_env, local_hub
+    from tests.libero_hdf5_fixture import write_libero_folder
+except ImportError:
+    from hub_server import hub_env, local_hub
+    from libero_hdf5_fixture import write_libero_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A small data folder (2 tasks x 3 demos x 14 steps), a saved small checkpoint and a shared data cache."""
+    root = tmp_path_factory.mktemp("train")
+    write_libero_folder(root / "data", num_tasks=2, num_demos=3, num_steps=14)
+    model, processor = build_small_worldvla(seed=0)
+    model.save_pretrained(root / "base")
+    processor.save_pretrained(root / "base")
+    return root
+
+
+def run_train(workspace, output_dir, *extra, model=None):
+    source = ["--model", str(model or workspace / "base")]
+    argv = [
+        *source,
+        "--data-dir", str(workspace / "data"),
+        "--data-cache-dir", str(workspace / "cache"),
+        "--output-dir", str(output_dir),
+        "--per-device-train-batch-size", "4",
+        "--global-batch-size", "8",
+        "--learning-rate", "2e-3",
+        "--logging-steps", "1",
+        "--save-strategy", "no",
+        "--eval-strategy", "no",
+        "--dataloader-num-workers", "0",
+        "--seed", "0",
+        "--disable-tqdm", "true",
+        *extra,
+    ]
+    trainer, metrics = train.main([str(a) for a in argv])
+    return trainer, metrics
+
+
+def training_losses(output_dir, folder="model"):
+    summary = json.loads((Path(output_dir) / folder / "training_summary.json").read_text())
+    return [entry for entry in summary["log_history"] if "loss" in entry]
+
+
+def logits_of(model, input_ids):
+    with torch.no_grad():
+        return model.eval()(input_ids=input_ids).logits
+
+
+@pytest.fixture(scope="module")
+def full_run(workspace):
+    output_dir = workspace / "full"
+    run_train(workspace, output_dir, "--max-steps", 30)
+    return output_dir
+
+
+def test_recipe_defaults():
+    model_args, data_args, args = train.parse_arguments(["--model", "x", "--data-dir", "d", "--use-cpu"])
+    assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (5e-6, "constant_with_warmup", 0.01)
+    assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.95, 0.1, 4.0)
+    assert args.num_train_epochs == 40 and args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
+    assert (model_args.residual_dropout, model_args.z_loss_weight, model_args.image_loss_weight) == (0.05, 1e-5, 0.04)
+    assert model_args.lora_rank == 0 and data_args.val_split and data_args.action_stats == "dataset"
+    with pytest.raises(SystemExit):
+        train.parse_arguments(["--model", "x", "--data-dir", "d", "--per-device-train-batch-size", "5"])
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_arguments(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--lora-rank" in out and "--action-stats" in out and "--global-batch-size" in out
+
+
+def test_loss_goes_down_and_losses_are_logged(full_run):
+    losses = training_losses(full_run)
+    assert len(losses) == 30
+    first, last = np.mean([e["loss"] for e in losses[:3]]), np.mean([e["loss"] for e in losses[-3:]])
+    assert last < 0.75 * first, (first, last)
+    assert all({"action_loss", "image_loss", "z_loss"} <= set(e) for e in losses)
+    assert losses[-1]["action_loss"] < losses[0]["action_loss"] and losses[-1]["image_loss"] < losses[0]["image_loss"]
+    assert not any(p.name.endswith((".incomplete", ".previous")) for p in full_run.iterdir())
+
+
+def test_saved_model_loads_in_a_fresh_process(full_run, workspace):
+    script = f"""
+import json, numpy as np, torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained({str(full_run / "model")!r}, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained({str(full_run / "model")!r}, trust_remote_code=True)
+frames = [np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)] * 2
+inputs = processor(text="pick up the object number 0 and place it in the basket", images=frames)
+actions = model.predict_action(**inputs, processor=processor)
+print(json.dumps({{"class": type(model).__module__, "key": processor.default_unnorm_key,
+                  "stats": processor.action_statistics[processor.default_unnorm_key],
+                  "actions": np.asarray(actions).tolist(), "ids": inputs["input_ids"].tolist(),
+                  "logit_sum": float(model(**inputs).logits.double().sum())}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=workspace, env=SUBPROCESS_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["class"].startswith("transformers_modules")  # the copied code files, not this checkout
+    assert loaded["key"] == "data" and np.array(loaded["actions"]).shape == (5, 7)
+    summary = json.loads((full_run / "model" / "training_summary.json").read_text())
+    assert loaded["stats"]["min"] == pytest.approx(summary["statistics"]["min"])
+    assert set(loaded["stats"]) == {"min", "max", "q01", "q99", "mean", "std"}
+    local = WorldVLAForConditionalGeneration.from_pretrained(full_run / "model")
+    assert float(logits_of(local, torch.tensor(loaded["ids"])).double().sum()) == pytest.approx(loaded["logit_sum"], rel=1e-6)
+    card = (full_run / "model" / "README.md").read_text()
+    assert "## Recipe" in card and "## Data" in card and "constant_with_warmup" in card
+
+
+def test_resume_lands_on_the_same_step_and_weights(workspace):
+    # Residual dropout stays on (0.05): the RNG state must be restored too.
+    common = ("--max-steps", 8, "--save-strategy", "steps", "--save-steps", 4)
+    run_train(workspace, workspace / "uninterrupted", *common)
+    stopped = workspace / "uninterrupted" / "checkpoint-4"
+    run_train(workspace, workspace / "resumed", *common, "--resume-from-checkpoint", stopped)
+    state = json.loads((workspace / "resumed" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    expected = load_file(workspace / "uninterrupted" / "model" / "model.safetensors")
+    resumed = load_file(workspace / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    losses = {e["step"]: e["loss"] for e in training_losses(workspace / "uninterrupted")}
+    for entry in training_losses(workspace / "resumed"):
+        assert entry["loss"] == pytest.approx(losses[entry["step"]], rel=1e-6)
+    # Resuming did not train from scratch: the weights moved away from the checkpoint's.
+    at_stop = load_file(stopped / "model.safetensors")
+    assert not all(torch.equal(at_stop[name], resumed[name]) for name in at_stop)
+
+
+def test_lora_adapter_reload_and_merge_give_identical_outputs(workspace):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    output_dir = workspace / "lora"
+    run_train(workspace, output_dir, "--max-steps", 4, "--lora-rank", 4, "--lora-alpha", 8, "--merge-lora")
+    adapter_weights = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    assert adapter_weights and all("lora_" in name for name in adapter_weights)
+    targets = {name.split(".")[-3] for name in adapter_weights}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # The VQ is frozen and outside the model: the saved tokenizer is the base's, byte for byte.
+    for folder in ("adapter", "model"):
+        assert (output_dir / folder / "vqgan" / "model.safetensors").read_bytes() == (
+            workspace / "base" / "vqgan" / "model.safetensors"
+        ).read_bytes()
+
+    ids = torch.tensor([[0, 5, 9, 300, 17, 42, 8, 250]])
+    base = WorldVLAForConditionalGeneration.from_pretrained(workspace / "base")
+    with_adapter = PeftModel.from_pretrained(WorldVLAForConditionalGeneration.from_pretrained(workspace / "base"), output_dir / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(output_dir / "model", trust_remote_code=True)
+    assert not torch.allclose(logits_of(base, ids), logits_of(with_adapter, ids), atol=1e-4)
+    torch.testing.assert_close(logits_of(with_adapter, ids), logits_of(merged, ids), atol=1e-5, rtol=1e-5)
+    assert "lora" not in " ".join(load_file(output_dir / "model" / "model.safetensors"))
+
+
+def test_two_processes_match_one(workspace):
+    common = ["--max-steps", "6", "--residual-dropout", "0"]
+    run_train(workspace, workspace / "one_process", *common)
+    argv = [
+        "--model", workspace / "base", "--data-dir", workspace / "data", "--data-cache-dir", workspace / "cache",
+        "--output-dir", workspace / "two_processes", "--per-device-train-batch-size", 4, "--global-batch-size", 8,
+        "--learning-rate", "2e-3", "--logging-steps", 1, "--save-strategy", "no", "--eval-strategy", "no", "--seed", 0,
+        *common,
+    ]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ROOT / "configs" / "accelerate_cpu_2proc.yaml",
+               "--main_process_port", "29531", ROOT / "train.py", *argv]
+    result = subprocess.run([str(c) for c in command], cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workspace / "two_processes" / "model" / "training_summary.json").read_text())
+    assert summary["processes"] == 2
+    two = [e["loss"] for e in summary["log_history"] if "loss" in e]
+    one = [e["loss"] for e in training_losses(workspace / "one_process")]
+    # Same samples per optimizer step (two ranks of 4, or 2 accumulated batches of 4): the same curve.
+    assert len(two) == len(one) == 6
+    np.testing.assert_allclose(two, one, rtol=1e-3)
+
+
+def test_action_statistics_modes(workspace):
+    args = train.WorldVLATrainingArguments(output_dir=str(workspace / "stats"), use_cpu=True)
+    for mode in ("dataset", "checkpoint"):
+        model, processor = build_small_worldvla(seed=0)
+        data_args = train.DataArguments(data_dir=str(workspace / "data"), data_cache_dir=str(workspace / "cache"), action_stats=mode)
+        train_set, evaluation, summary = train.build_datasets(data_args, processor, model.config, args)
+        stats = processor.action_statistics["data"]
+        assert processor.default_unnorm_key == "data" and train_set.unnorm_key == "data"
+        actions = np.concatenate([e.actions for e in train_set.episodes])
+        if mode == "dataset":
+            assert stats["min"] == pytest.approx(actions.min(0).tolist())
+            assert stats["max"] == pytest.approx(actions.max(0).tolist())
+        else:
+            assert stats["min"] == pytest.approx(LIBERO_ACTION_STATISTICS["min"])
+            assert stats["max"] == pytest.approx(LIBERO_ACTION_STATISTICS["max"])
+        assert stats["q99"] == pytest.approx(np.quantile(actions, 0.99, axis=0).tolist())
+    # 2 tasks x 3 demos: nothing is held out (ceil(0.9 * 2) = 2 tasks, ceil(0.9 * 3) = 3 demos).
+    assert evaluation == {} and summary["episodes"] == {"train": 6, "val_ind": 0, "val_ood": 0}
+    assert summary["train_sample_kinds"] == {"action": 6 * (14 - 5 + 1), "world_model": 6 * 13}
+
+
+def test_evaluation_metrics_on_known_predictions():
+    model, processor = build_small_worldvla(seed=0)
+    config = model.config
+    action = np.array([0.5, -0.2, 0.1, 0.05, -0.1, 0.2, 1.0])
+    sample = processor.build_action_sample("open the drawer", [np.zeros((4, 4), int)], np.stack([action] * 5), "libero")
+    world = processor.build_world_model_sample([np.zeros((4, 4), int)], action[None], np.ones((4, 4), int), "libero")
+    batch = processor.pad([sample, world])
+    labels = batch["labels"]
+    # Logits that put all mass on the next label: every prediction right.
+    logits = torch.zeros(*labels.shape, config.vocab_size)
+    targets = labels[:, 1:].clamp(min=0)
+    logits[:, :-1].scatter_(-1, targets[..., None], 50.0)
+    preprocess = train.make_preprocess_logits_for_metrics(config)
+    predictions = tuple(p.numpy() for p in preprocess((logits, torch.tensor(1.0)), labels))
+    assert predictions[0].shape == labels.shape
+    labelled = labels.numpy() != -100
+    assert (predictions[0][labelled] == labels.numpy()[labelled]).all()
+    metrics = train.make_compute_metrics(processor, config, "libero")(EvalPrediction(predictions, labels.numpy()))
+    assert metrics["action_token_accuracy"] == 1.0 and metrics["image_token_accuracy"] == 1.0
+    assert metrics["action_l1"] == 0.0 and metrics["action_loss"] < 1e-6 and metrics["image_loss"] < 1e-6
+
+    # One wrong bin of one action: accuracy 34/35, L1 = that bin's error / 35 values.
+    wrong = [p.copy() for p in predictions]
+    position = np.argwhere(labels.numpy()[0] > config.action_token_offset)[2][0]  # the dz bin of the first action
+    wrong[0][0, position] += 10
+    wrong[1][0, position] += 10
+    metrics = train.make_compute_metrics(processor, config, "libero")(EvalPrediction(tuple(wrong), labels.numpy()))
+    assert metrics["action_token_accuracy"] == pytest.approx(34 / 35)
+    step = (LIBERO_ACTION_STATISTICS["max"][2] - LIBERO_ACTION_STATISTICS["min"][2]) / 255
+    assert metrics["action_l1"] == pytest.approx(10 * step / 35, rel=1e-6)
+
+
+def test_evaluation_runs_on_both_validation_splits(tmp_path, workspace):
+    write_libero_folder(tmp_path / "data", num_tasks=10, num_demos=10, num_steps=7)
+    argv = ["--model", workspace / "base", "--data-dir", tmp_path / "data", "--data-cache-dir", tmp_path / "cache",
+            "--output-dir", tmp_path / "out", "--max-steps", 2, "--per-device-train-batch-size", 4, "--global-batch-size", 4,
+            "--save-strategy", "no", "--eval-strategy", "steps", "--eval-steps", 1, "--max-eval-samples", 8, "--disable-tqdm", "true"]
+    _, metrics = train.main([str(a) for a in argv])
+    for split in ("ind", "ood"):
+        for name in ("loss", "action_token_accuracy", "action_l1", "image_token_accuracy", "action_loss", "image_loss"):
+            assert np.isfinite(metrics[f"eval_{split}_{name}"])
+    history = json.loads((tmp_path / "out" / "model" / "training_summary.json").read_text())["log_history"]
+    assert sum("eval_ood_action_l1" in entry for entry in history) >= 2  # at steps 1 and 2, then the final one
+
+
+def test_publish_folder_never_leaves_half_a_folder(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    staging = train.staging_folder(final)
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    train.publish_folder(staging, final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (final / "new.txt").exists()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    yield from local_hub(tmp_path, monkeypatch)
+
+
+def test_push_to_hub_with_model_card_and_code(hub, workspace, tmp_path):
+    run_train(workspace, tmp_path / "pushed", "--max-steps", 2, "--push-to-hub", "true", "--hub-model-id", "org/worldvla-ft")
+    files = {p.relative_to(hub.repo_dir("org/worldvla-ft")).parts[-1] for p in hub.repo_dir("org/worldvla-ft").rglob("*") if p.is_file()}
+    assert {"README.md", "config.json", "model.safetensors", "modeling_worldvla.py", "configuration_worldvla.py",
+            "processing_worldvla.py", "processor_config.json"} <= files
+    script = """
+import json, torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained("org/worldvla-ft", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("org/worldvla-ft", trust_remote_code=True)
+print(json.dumps({"key": processor.default_unnorm_key, "sum": float(sum(p.double().sum() for p in model.parameters()))}))
+"""
+    env = {**SUBPROCESS_ENV, **hub_env(hub.endpoint, tmp_path / "client-home")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    local = WorldVLAForConditionalGeneration.from_pretrained(tmp_path / "pushed" / "model")
+    assert loaded["key"] == "data"
+    with torch.no_grad():
+        assert loaded["sum"] == pytest.approx(float(sum(p.double().sum() for p in local.parameters())), rel=1e-9)

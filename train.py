@@ -1,0 +1,547 @@
+"""Fine-tune WorldVLA on LIBERO-format HDF5 demonstrations with the Hugging Face Trainer.
+
+Full fine-tuning or LoRA (peft), one process or many (`accelerate launch`, DDP or FSDP), defaults = the paper's
+recipe (Cen et al., 2025, section "training"; reference notes section 5): AdamW lr 5e-6 constant after a 1%
+warm-up, betas (0.9, 0.95), weight decay 0.1, gradient clipping 4, global batch 32, 40 epochs, residual
+dropout 0.05, z-loss 1e-5, image-token loss weight 0.04, action and world-model samples mixed.
+
+    python train.py --model path/or/hub-id --data-dir demos/ --output-dir runs/ft --lora-rank 32
+    accelerate launch --config_file configs/accelerate_fsdp.yaml train.py --model ... --data-dir ...
+
+Outputs under --output-dir: Trainer checkpoints (`checkpoint-N/`, resumable with --resume-from-checkpoint),
+`model/` (the full model, or the merged one with --merge-lora, with the processor holding the new action
+statistics, the code files and a model card) and, with LoRA, `adapter/`. Each is written to a temporary
+folder and renamed when complete. See docs/training.md.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+import worldvla_data
+
+logger = logging.getLogger("train")
+ROOT = Path(__file__).resolve().parent
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelArguments:
+    model: str | None = field(
+        default=None, metadata={"help": "WorldVLA checkpoint to start from: a local folder or a Hub id (trust_remote_code)."}
+    )
+    from_scratch_config: str | None = field(
+        default=None,
+        metadata={"help": "Train from random weights instead: 'small' (scripts/build_small_checkpoint.py) or a config.json path (with --processor)."},
+    )
+    processor: str | None = field(default=None, metadata={"help": "Processor folder or Hub id; defaults to --model."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tuning."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={"help": "Comma-separated module names to adapt."})
+    merge_lora: bool = field(default=False, metadata={"help": "Also save the merged full model in output_dir/model."})
+    residual_dropout: float = field(default=0.05, metadata={"help": "Dropout before each residual add (paper: 0.05)."})
+    z_loss_weight: float = field(default=1e-5, metadata={"help": "Weight of mean(logsumexp^2) (paper: 1e-5)."})
+    image_loss_weight: float = field(default=0.04, metadata={"help": "Loss weight of image-code targets (paper: 0.04)."})
+    model_dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: 'auto' = bfloat16 for LoRA on CUDA (frozen base), float32 otherwise (master weights of mixed precision)."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager'."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(default=None, metadata={"help": "Folder of LIBERO-format .hdf5 files, one task per file."})
+    dataset_key: str | None = field(
+        default=None, metadata={"help": "Key of the new action statistics in the saved processor; default: the data folder's name."}
+    )
+    action_stats: str = field(
+        default="dataset",
+        metadata={"help": "'dataset': normalise actions with min/max of the training data; 'checkpoint': with the checkpoint's statistics (--unnorm-key), as the release does with its fixed LIBERO bounds."},
+    )
+    unnorm_key: str | None = field(default=None, metadata={"help": "Checkpoint statistics used with --action-stats checkpoint; default: the processor's default key."})
+    val_split: bool = field(default=True, metadata={"help": "Hold out the release's in- and out-of-distribution validation splits (--no-val-split: train on everything)."})
+    sample_kinds: str = field(default="action,world_model", metadata={"help": "Sample kinds to train on: action, world_model or both."})
+    data_cache_dir: str | None = field(default=None, metadata={"help": "Where the tokenised episodes are cached (default: the datasets cache)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples of each validation split (an even spread)."})
+
+
+@dataclass
+class WorldVLATrainingArguments(TrainingArguments):
+    """TrainingArguments with the paper's recipe as defaults."""
+
+    output_dir: str = field(default="runs/worldvla-finetune", metadata={"help": "Checkpoints and final outputs."})
+    learning_rate: float = 5e-6
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: float = field(default=0.01, metadata={"help": "Warm-up steps, or a fraction of all steps when < 1 (paper: 1%%)."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.1
+    max_grad_norm: float = 4.0
+    num_train_epochs: float = 40.0
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    global_batch_size: int = field(
+        default=32,
+        metadata={"help": "Samples per optimizer step over all processes; sets gradient_accumulation_steps = global / (per-device x processes). 0: use --gradient-accumulation-steps as given."},
+    )
+    bf16: bool = field(default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), metadata={"help": "bf16 autocast (default on CUDA; CPUs train in fp32)."})
+    activation_checkpointing: bool | None = field(
+        default=True if torch.cuda.is_available() else None,  # None, not False: leaves the deprecated alias usable
+        metadata={"help": "Recompute layer activations in the backward pass (default on CUDA, as the release).", "nargs": "?", "const": True},
+    )
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every parameter gets a gradient."})
+    use_cpu: bool = field(default=not torch.cuda.is_available(), metadata={"help": "Train on the CPU (default without CUDA; multi-process CPU runs then use gloo)."})
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_steps: float = 10
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the module docstring kept as written."""
+
+
+def parse_arguments(argv=None):
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, WorldVLATrainingArguments), description=__doc__, formatter_class=HelpFormatter
+    )
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if (model_args.model is None) == (model_args.from_scratch_config is None):
+        parser.error("give exactly one of --model and --from-scratch-config")
+    if data_args.data_dir is None:
+        parser.error("--data-dir is required")
+    if data_args.action_stats not in ("dataset", "checkpoint"):
+        parser.error(f"--action-stats must be 'dataset' or 'checkpoint', got {data_args.action_stats!r}")
+    if training_args.global_batch_size:
+        per_step = training_args.per_device_train_batch_size * training_args.world_size
+        if training_args.global_batch_size % per_step:
+            parser.error(
+                f"--global-batch-size {training_args.global_batch_size} is not a multiple of per-device batch "
+                f"{training_args.per_device_train_batch_size} x {training_args.world_size} processes"
+            )
+        training_args.gradient_accumulation_steps = training_args.global_batch_size // per_step
+    if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
+        # Non-reentrant: gradients flow to LoRA weights without marking the frozen embeddings' outputs.
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
+    return model_args, data_args, training_args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_model_and_processor(model_args, on_cuda):
+    """(model, processor), with the recipe's dropout and loss weights written into the model config."""
+    overrides = {
+        "residual_dropout": model_args.residual_dropout,
+        "z_loss_weight": model_args.z_loss_weight,
+        "image_loss_weight": model_args.image_loss_weight,
+        "use_cache": False,
+    }
+    if model_args.from_scratch_config == "small":
+        sys.path.insert(0, str(ROOT))
+        from scripts.build_small_checkpoint import build_small_worldvla
+
+        model, processor = build_small_worldvla(**overrides)
+    elif model_args.from_scratch_config is not None:
+        if model_args.processor is None:
+            raise ValueError("--from-scratch-config with a config.json needs --processor (the tokenizers and VQ)")
+        config = AutoConfig.from_pretrained(model_args.from_scratch_config, trust_remote_code=True, **overrides)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(model_args.processor, trust_remote_code=True)
+    else:
+        dtype = torch.float32
+        if model_args.model_dtype == "auto" and model_args.lora_rank > 0 and on_cuda:
+            dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
+        elif model_args.model_dtype != "auto":
+            dtype = getattr(torch, model_args.model_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model,
+            revision=model_args.revision,
+            trust_remote_code=True,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            **overrides,
+        )
+        processor = AutoProcessor.from_pretrained(
+            model_args.processor or model_args.model, revision=model_args.revision, trust_remote_code=True
+        )
+    processor.check_compatible(model.config)
+    # The VQ lives in the processor, outside the trained model; it only encodes the data, in eval mode.
+    processor.vq_model.requires_grad_(False).eval()
+    if model_args.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora_config = LoraConfig(
+            r=model_args.lora_rank,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=[name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora_config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("%.2fM parameters, %.2fM trainable", sum(p.numel() for p in model.parameters()) / 1e6, trainable / 1e6)
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_datasets(data_args, processor, config, training_args):
+    """(train samples, {"ind": ..., "ood": ...} validation samples, summary dict); adds the statistics to the processor."""
+    with training_args.main_process_first(desc="tokenising the demonstrations"):
+        rows = worldvla_data.tokenised_episodes(data_args.data_dir, processor, data_args.data_cache_dir)
+    episodes = worldvla_data.load_episodes(rows)
+    splits = worldvla_data.split_episodes([episode.task for episode in episodes], data_args.val_split)
+    by_split = {name: [e for e, s in zip(episodes, splits) if s == name] for name in ("train", "val_ind", "val_ood")}
+    if not by_split["train"]:
+        raise ValueError(f"no training episodes in {data_args.data_dir}")
+
+    dataset_key = data_args.dataset_key or Path(data_args.data_dir).resolve().name
+    train_actions = np.concatenate([episode.actions for episode in by_split["train"]])
+    statistics = worldvla_data.compute_action_statistics(train_actions)
+    if data_args.action_stats == "checkpoint":
+        source_key = data_args.unnorm_key or processor.default_unnorm_key
+        low, high = processor.action_tokenizer.bounds(source_key)
+        clipped = ((train_actions < low) | (train_actions > high)).mean()
+        logger.info("normalising with the checkpoint's %r statistics; %.3f%% of action values clipped", source_key, 100 * clipped)
+        statistics.update(min=low.tolist(), max=high.tolist())
+    # The key always holds the bounds the bins were trained with, so predict_action un-normalises correctly.
+    processor.add_action_statistics(dataset_key, statistics, make_default=True)
+
+    kinds = tuple(kind.strip() for kind in data_args.sample_kinds.split(",") if kind.strip())
+
+    def samples(split_episodes):
+        return worldvla_data.WorldVLASamples(
+            split_episodes, processor, dataset_key, config.history_frames, config.action_chunk_size, kinds
+        )
+
+    train = samples(by_split["train"])
+    evaluation = {}
+    for name, split in (("ind", "val_ind"), ("ood", "val_ood")):
+        if by_split[split]:
+            evaluation[name] = samples(by_split[split])
+            if data_args.max_eval_samples:
+                evaluation[name] = evenly_spread_subset(evaluation[name], data_args.max_eval_samples)
+    summary = {
+        "data_dir": str(data_args.data_dir),
+        "task_files": len({episode.task for episode in episodes}),
+        "dataset_key": dataset_key,
+        "action_stats": data_args.action_stats,
+        "statistics": statistics,
+        "episodes": {name: len(split) for name, split in by_split.items()},
+        "samples": {"train": len(train), **{f"val_{name}": len(data) for name, data in evaluation.items()}},
+        "train_sample_kinds": {kind: train.count(kind) for kind in kinds},
+    }
+    logger.info("data: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
+    return train, evaluation, summary
+
+
+def evenly_spread_subset(dataset, count):
+    """`count` samples spread over the whole split (its action samples come before its world-model ones)."""
+    if count >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer with the separate losses and the evaluation metrics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class WorldVLATrainer(Trainer):
+    """Trainer that logs the action and image losses next to the total loss."""
+
+    EXTRA_LOSSES = ("action_loss", "image_loss", "z_loss")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._extra_loss_sums = torch.zeros(2 * len(self.EXTRA_LOSSES), device=self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, use_cache=False)
+        if model.training:
+            for index, name in enumerate(self.EXTRA_LOSSES):
+                value = outputs.get(name)
+                if value is not None:
+                    self._extra_loss_sums[2 * index] += value.detach().float()
+                    self._extra_loss_sums[2 * index + 1] += 1
+        if return_outputs:
+            return outputs.loss, {"loss": outputs.loss, "logits": outputs.logits}
+        return outputs.loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log: every process gets here together, so the reduce is safe
+            sums = self.accelerator.reduce(self._extra_loss_sums, reduction="sum").tolist()
+            for index, name in enumerate(self.EXTRA_LOSSES):
+                if sums[2 * index + 1]:
+                    logs[name] = round(sums[2 * index] / sums[2 * index + 1], 6)
+            self._extra_loss_sums.zero_()
+        super().log(logs, start_time)
+
+
+def make_preprocess_logits_for_metrics(config):
+    """(B, L, V) logits -> three (B, L) arrays aligned with the labels (position i: the prediction of token i):
+    the argmax, the argmax among action bins, and the cross-entropy of the label token. Only these are kept
+    across evaluation batches, never the logits."""
+    first_bin = config.action_token_offset + 1
+
+    def preprocess_logits_for_metrics(logits, labels):
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        targets = labels[:, 1:].clamp(min=0)
+        predicted, predicted_bin, cross_entropy = [], [], []
+        for row_logits, row_targets in zip(logits[:, :-1], targets):  # a row at a time: fp32 logits stay small
+            row_logits = row_logits.float()
+            predicted.append(row_logits.argmax(-1))
+            predicted_bin.append(row_logits[:, first_bin : first_bin + config.n_action_bins].argmax(-1) + first_bin)
+            cross_entropy.append(row_logits.logsumexp(-1) - row_logits.gather(-1, row_targets[:, None]).squeeze(-1))
+        pad = torch.full((labels.shape[0], 1), IGNORE_INDEX, device=labels.device)
+        return (
+            torch.cat([pad, torch.stack(predicted)], 1),
+            torch.cat([pad, torch.stack(predicted_bin)], 1),
+            torch.cat([pad.float(), torch.stack(cross_entropy)], 1),
+        )
+
+    return preprocess_logits_for_metrics
+
+
+def make_compute_metrics(processor, config, unnorm_key):
+    """Action-token accuracy, L1 of the decoded actions (un-normalised, teacher-forced, against the label's bin
+    centre), image-token accuracy, and the mean cross-entropy on action bins and on image codes."""
+
+    def compute_metrics(evaluation):
+        predicted, predicted_bin, cross_entropy = evaluation.predictions
+        labels = evaluation.label_ids
+        is_action = (labels > config.action_token_offset) & (labels <= config.action_token_offset + config.n_action_bins)
+        is_image = (labels >= config.image_token_offset) & (labels < config.image_token_offset + config.image_codebook_size)
+        metrics = {}
+        if is_action.any():
+            metrics["action_token_accuracy"] = float((predicted[is_action] == labels[is_action]).mean())
+            metrics["action_loss"] = float(cross_entropy[is_action].mean())
+            # Row-major boolean indexing keeps each action's action_dim bins together and in order.
+            true_bins = labels[is_action].reshape(-1, config.action_dim)
+            predicted_bins = predicted_bin[is_action].reshape(-1, config.action_dim)
+            true_actions = processor.decode_actions(true_bins, unnorm_key)
+            predicted_actions = processor.decode_actions(predicted_bins, unnorm_key)
+            metrics["action_l1"] = float(np.abs(predicted_actions - true_actions).mean())
+        if is_image.any():
+            metrics["image_token_accuracy"] = float((predicted[is_image] == labels[is_image]).mean())
+            metrics["image_loss"] = float(cross_entropy[is_image].mean())
+        return metrics
+
+    return compute_metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def publish_folder(staging, final):
+    """Make `staging` appear as `final` by renames only: a crash leaves the old `final`, or none, never half of one."""
+    final, staging = Path(final), Path(staging)
+    previous = final.with_name(final.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final.exists():
+        final.rename(previous)
+    staging.rename(final)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def staging_folder(final):
+    """Where `final` is written before it is published; the same name on every process."""
+    return Path(final).with_name(Path(final).name + ".incomplete")
+
+
+def model_card(model_args, data_args, training_args, summary, metrics, kind):
+    recipe = {
+        "learning_rate": training_args.learning_rate,
+        "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
+        "warmup_steps": training_args.warmup_steps,
+        "adam_betas": [training_args.adam_beta1, training_args.adam_beta2],
+        "weight_decay": training_args.weight_decay,
+        "max_grad_norm": training_args.max_grad_norm,
+        "global_batch_size": training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size,
+        "num_train_epochs": training_args.num_train_epochs,
+        "max_steps": training_args.max_steps,
+        "bf16": training_args.bf16,
+        "activation_checkpointing": bool(training_args.activation_checkpointing),
+        "residual_dropout": model_args.residual_dropout,
+        "z_loss_weight": model_args.z_loss_weight,
+        "image_loss_weight": model_args.image_loss_weight,
+        "seed": training_args.seed,
+    }
+    if model_args.lora_rank:
+        recipe["lora"] = {
+            "rank": model_args.lora_rank,
+            "alpha": model_args.lora_alpha,
+            "dropout": model_args.lora_dropout,
+            "target_modules": model_args.lora_target_modules,
+            "merged": kind == "model",
+        }
+    base = model_args.model or f"random weights (--from-scratch-config {model_args.from_scratch_config})"
+    front_matter = ["---", "library_name: transformers", "pipeline_tag: robotics", "tags: [worldvla, vla, world-model, libero]"]
+    if model_args.model and not Path(model_args.model).exists():
+        front_matter.append(f"base_model: {model_args.model}")
+    front_matter.append("---")
+    statistics = summary["statistics"]
+    rows = "\n".join(
+        f"| {name} | " + " | ".join(f"{value:.4f}" for value in statistics[name]) + " |"
+        for name in ("min", "max", "q01", "q99", "mean", "std")
+    )
+    metric_lines = "\n".join(f"- {name}: {value:.4f}" for name, value in sorted(metrics.items()) if isinstance(value, float))
+    return f"""{chr(10).join(front_matter)}
+
+# WorldVLA fine-tuned on {summary['dataset_key']}
+
+A WorldVLA ({'LoRA adapter' if kind == 'adapter' else 'full model'}) trained with `train.py` of this repository,
+starting from {base}. WorldVLA (Cen et al., 2025) is one autoregressive model that predicts action chunks from an
+instruction and images, and the next image from an image and an action.
+
+## Data
+- {summary['task_files']} LIBERO-format task files from `{summary['data_dir']}`; no-op actions dropped,
+  third-person frames rotated 180 degrees.
+- Episodes: {summary['episodes']}; samples: {summary['samples']}; training samples by kind:
+  {summary['train_sample_kinds']}.
+- Action statistics under the key `{summary['dataset_key']}` (the processor's default; `--action-stats
+  {summary['action_stats']}`: min/max are the bounds the action bins were trained with):
+
+| | dx | dy | dz | rx | ry | rz | gripper |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+## Recipe
+```json
+{json.dumps(recipe, indent=2)}
+```
+
+## Metrics (last evaluation)
+{metric_lines or '- none (no validation split)'}
+
+## Use
+```python
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True)
+inputs = processor(text=instruction, images=[previous_frame, current_frame])
+actions = model.predict_action(**inputs, processor=processor)  # (K, 7), un-normalised
+```
+"""
+
+
+def save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics):
+    """Write adapter/ (LoRA) and model/ (full or merged) atomically; returns the folder to publish."""
+    output_dir = Path(training_args.output_dir)
+    is_lora = model_args.lora_rank > 0
+    targets = (["adapter"] if is_lora else []) + (["model"] if not is_lora or model_args.merge_lora else [])
+    for kind in targets:
+        final = output_dir / kind
+        staging = staging_folder(final)
+        if trainer.is_world_process_zero() and staging.exists():
+            shutil.rmtree(staging)
+        trainer.accelerator.wait_for_everyone()
+        if kind == "model" and is_lora:
+            if trainer.is_world_process_zero():
+                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+                merged.save_pretrained(staging)
+        else:
+            trainer.save_model(str(staging))  # every process: FSDP gathers the full state dict here
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(staging)
+            (staging / "README.md").write_text(model_card(model_args, data_args, training_args, summary, metrics, kind))
+            record = {**summary, "processes": training_args.world_size, "metrics": metrics, "log_history": trainer.state.log_history}
+            (staging / "training_summary.json").write_text(json.dumps(record, indent=2))
+            publish_folder(staging, final)
+            logger.info("saved %s", final)
+        trainer.accelerator.wait_for_everyone()
+    return output_dir / targets[-1]
+
+
+def push_folder(folder, repo_id, token, private):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload WorldVLA fine-tuned with train.py")
+    logger.info("pushed %s to %s", folder, commit.commit_url)
+    return commit
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    push_to_hub = training_args.push_to_hub
+    training_args.push_to_hub = False  # the Trainer would push every checkpoint; the final folder is pushed below
+    set_seed(training_args.seed)
+
+    model, processor = load_model_and_processor(model_args, torch.cuda.is_available())
+    config = model.config
+    train_dataset, eval_datasets, summary = build_datasets(data_args, processor, config, training_args)
+    if not eval_datasets and training_args.eval_strategy != "no":
+        logger.info("no validation episodes: evaluation turned off")
+        training_args.eval_strategy = "no"
+
+    trainer = WorldVLATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets or None,
+        data_collator=processor.pad,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(processor, config, summary["dataset_key"]),
+        preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(config),
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "latest", "true", "True"):
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint {training_args.resume_from_checkpoint}: no checkpoint in {training_args.output_dir}")
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {k: v for k, v in train_result.metrics.items() if isinstance(v, float)}
+    for name, dataset in eval_datasets.items():
+        metrics.update(trainer.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
+    trainer.log_metrics("final", metrics)
+
+    published = save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics)
+    if push_to_hub and trainer.is_world_process_zero():
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        push_folder(published, repo_id, training_args.hub_token, bool(training_args.hub_private_repo))
+    return trainer, metrics
+
+
+if __name__ == "__main__":
+    main()

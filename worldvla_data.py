@@ -1,0 +1,359 @@
+"""WorldVLA training data: LIBERO-format HDF5 demonstrations -> cached VQ codes -> mixed training samples.
+
+    folder of <task>_demo.hdf5 files (one task each, official LIBERO layout)
+      │ read_libero_file: one episode per data/demo_N, validated (errors name the file and demo);
+      │ no-op actions dropped with their frames; agentview frames rotated 180 degrees; resized if needed
+      ▼
+    tokenised_episodes: one `datasets` row per episode {task, instruction, demo, codes (T, h, w), actions (T, 7)},
+      cached on disk per file under a fingerprint of (file path, size, mtime, VQ weights, image size, rules)
+      │ split_episodes: the release's rule (last ceil-10% of tasks out of distribution, last 10% of each
+      │ remaining task's episodes in distribution)
+      ▼
+    WorldVLASamples: action-model samples (M history frames -> K actions) and world-model samples
+      (frame t, action t -> frame t+1) of the same episodes, concatenated (about 1:1) and built on the fly
+      with the processor, so the normalisation statistics can change without re-tokenising anything.
+
+The release's rules followed here (worldvla/data/action_model_conv_generation.py and
+world_model_conv_generation.py of alibaba-damo-academy/WorldVLA):
+  * history at the start of an episode: the frames that exist, `frames[max(0, t - M + 1) : t + 1]`, so the
+    first sample of an episode has one frame (the evaluation loop starts the same way); nothing duplicated;
+  * a step whose K future actions run past the end of the episode gives no action sample;
+  * world-model samples for every t < T - 1;
+  * task split at ceil(0.9 * tasks), episode split at ceil(0.9 * episodes) per task, in sorted order.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import datasets
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+# Bump when the episode rows change meaning, so old caches are not reused.
+CACHE_FORMAT_VERSION = 1
+NOOP_THRESHOLD = 1e-4
+THIRD_PERSON_FRAMES = "obs/agentview_rgb"
+REQUIRED_DEMO_KEYS = ("actions", THIRD_PERSON_FRAMES)
+SPLIT_FRACTION = 0.9
+ENCODE_BATCH_SIZE = 32
+SAMPLE_KINDS = ("action", "world_model")
+
+
+class LiberoDataError(ValueError):
+    """A demonstration file that cannot be trained on; the message names the file and the demo."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading and cleaning episodes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def list_task_files(data_dir):
+    """The task files of a folder (`*.hdf5`, sorted by name: the order the split rule counts in)."""
+    files = sorted(Path(data_dir).glob("*.hdf5"))
+    if not files:
+        raise LiberoDataError(f"no .hdf5 files in {data_dir}")
+    return files
+
+
+def task_name(path):
+    """`put_the_bowl_on_the_plate_demo.hdf5` -> `put_the_bowl_on_the_plate` (LIBERO's file naming)."""
+    return Path(path).stem.removesuffix("_demo")
+
+
+def demo_number(name):
+    match = re.fullmatch(r"demo_(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def keep_mask_without_noops(actions, threshold=NOOP_THRESHOLD):
+    """Bool (T,): False for no-op steps, OpenVLA's rule that the WorldVLA data inherits.
+
+    A step is a no-op when its motion is (almost) zero, ||a[:6]||_2 < threshold, and its gripper command equals
+    that of the previous *kept* step (the first step: motion alone). A zero-motion step that opens or closes
+    the gripper is kept.
+    """
+    keep = np.zeros(len(actions), dtype=bool)
+    previous_gripper = None
+    for step, action in enumerate(actions):
+        still = np.linalg.norm(action[:6]) < threshold
+        if still and (previous_gripper is None or action[6] == previous_gripper):
+            continue
+        keep[step] = True
+        previous_gripper = action[6]
+    return keep
+
+
+def upright(frames):
+    """LIBERO stores agentview frames upside-down (OpenGL rows): rotate by 180 degrees, (T, H, W, 3)."""
+    return np.ascontiguousarray(frames[:, ::-1, ::-1])
+
+
+def resize_frames(frames, image_size):
+    """(T, H, W, 3) uint8 -> (T, image_size, image_size, 3), PIL bicubic; untouched when already that size."""
+    if frames.shape[1:3] == (image_size, image_size):
+        return frames
+    return np.stack(
+        [np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BICUBIC)) for frame in frames]
+    )
+
+
+def read_instruction(file, path):
+    try:
+        return json.loads(file["data"].attrs["problem_info"])["language_instruction"].strip()
+    except KeyError as error:
+        raise LiberoDataError(f"{path}: data.attrs['problem_info'] has no language_instruction ({error})") from error
+
+
+def read_demo(group, path, demo):
+    """(actions (T, 7) float64, frames (T, H, W, 3) uint8 as stored) of one demo, validated."""
+    where = f"{path}, data/{demo}"
+    missing = [key for key in REQUIRED_DEMO_KEYS if key not in group]
+    if missing:
+        raise LiberoDataError(f"{where}: missing {missing} (a LIBERO demo needs {list(REQUIRED_DEMO_KEYS)})")
+    actions = np.asarray(group["actions"][()], dtype=np.float64)
+    frames = group[THIRD_PERSON_FRAMES][()]
+    if len(actions) == 0:
+        raise LiberoDataError(f"{where}: empty episode (0 actions)")
+    if actions.ndim != 2 or actions.shape[1] != 7:
+        raise LiberoDataError(f"{where}: actions must have shape (T, 7), got {actions.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise LiberoDataError(f"{where}: {THIRD_PERSON_FRAMES} must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if len(frames) != len(actions):
+        raise LiberoDataError(f"{where}: {len(actions)} actions but {len(frames)} {THIRD_PERSON_FRAMES} frames")
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        step, dim = np.argwhere(bad)[0]
+        raise LiberoDataError(f"{where}: actions contain NaN or inf ({int(bad.sum())} values, first at step {step}, dim {dim})")
+    return actions, frames
+
+
+def read_libero_file(path, image_size):
+    """Yield one cleaned episode per data/demo_N (numeric order): dict of instruction, demo, frames, actions."""
+    path = Path(path)
+    with h5py.File(path, "r") as file:
+        if "data" not in file:
+            raise LiberoDataError(f"{path}: no 'data' group (not a LIBERO demonstration file)")
+        instruction = read_instruction(file, path)
+        demos = sorted((name for name in file["data"] if demo_number(name) is not None), key=demo_number)
+        if not demos:
+            raise LiberoDataError(f"{path}: no data/demo_N groups")
+        for demo in demos:
+            actions, frames = read_demo(file["data"][demo], path, demo)
+            keep = keep_mask_without_noops(actions)
+            yield {
+                "instruction": instruction,
+                "demo": demo,
+                "raw_length": len(actions),
+                "actions": actions[keep],
+                "frames": resize_frames(upright(frames[keep]), image_size),
+            }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tokenising with a cache
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def vq_fingerprint(vq_model):
+    """sha256 of the VQ weights: new weights give new codes, so a new cache."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vq_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_fingerprint(path, image_size, vq_hash):
+    """What decides a file's codes. The file is identified by path, size and modification time rather than by
+    hashing its contents (LIBERO files are gigabytes); rewriting a file changes its mtime."""
+    stat = Path(path).stat()
+    key = {
+        "version": CACHE_FORMAT_VERSION,
+        "file": str(Path(path).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "image_size": image_size,
+        "vq": vq_hash,
+        "noop_threshold": NOOP_THRESHOLD,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def generate_tokenised_episodes(path, image_size, processor):
+    """`datasets` generator: the episodes of one file with their frames encoded by the processor's VQ."""
+    grid = image_size // processor.layout["image_patch_size"]
+    for episode in read_libero_file(path, image_size):
+        frames = episode.pop("frames")
+        codes = np.zeros((0, grid, grid), dtype=np.int16)  # an episode of no-ops only
+        if len(frames):
+            batches = range(0, len(frames), ENCODE_BATCH_SIZE)
+            codes = torch.cat([processor.encode_images(list(frames[i : i + ENCODE_BATCH_SIZE])) for i in batches])
+            codes = codes.numpy().astype(np.int16)
+        yield {**episode, "task": task_name(path), "codes": codes}
+
+
+def tokenised_episodes(data_dir, processor, cache_dir=None):
+    """One `datasets.Dataset` row per episode of every task file, tokenised once and cached.
+
+    Each file is its own cached dataset (adding a file tokenises only that file). `datasets` writes a cache to a
+    temporary folder and renames it when complete, so an interrupted run leaves nothing that looks finished.
+    """
+    image_size, grid = processor.layout["image_size"], processor.layout["image_size"] // processor.layout["image_patch_size"]
+    if processor.layout["image_codebook_size"] > np.iinfo(np.int16).max + 1:
+        raise ValueError("codes are cached as int16: a codebook larger than 32768 needs another dtype")
+    features = datasets.Features(
+        {
+            "instruction": datasets.Value("string"),
+            "demo": datasets.Value("string"),
+            "raw_length": datasets.Value("int32"),
+            "actions": datasets.Array2D(shape=(None, 7), dtype="float64"),
+            "task": datasets.Value("string"),
+            "codes": datasets.Array3D(shape=(None, grid, grid), dtype="int16"),
+        }
+    )
+    vq_hash = vq_fingerprint(processor.vq_model)
+    per_file = []
+    for path in tqdm(list_task_files(data_dir), desc="tokenising LIBERO files"):
+        try:
+            episodes = datasets.Dataset.from_generator(
+                partial(generate_tokenised_episodes, path, image_size, processor),
+                features=features,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                fingerprint=file_fingerprint(path, image_size, vq_hash),
+            )
+        except datasets.exceptions.DatasetGenerationError as error:
+            # datasets wraps the generator's error in a generic one; the original names the file and demo.
+            raise (error.__cause__ or error) from None
+        per_file.append(episodes)
+    return datasets.concatenate_datasets(per_file)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splits and statistics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def split_episodes(tasks, use_validation=True):
+    """Split names per episode, for episodes given as their task names in (task, demo) sorted order.
+
+    The release's rule: tasks sorted, those from index ceil(0.9 * n_tasks) on are "val_ood"; within each
+    other task, episodes from index ceil(0.9 * n_episodes) on are "val_ind"; the rest "train". With fewer than
+    10 tasks no task is out of distribution, with fewer than 10 episodes no episode of a task is held out.
+    """
+    if not use_validation:
+        return ["train"] * len(tasks)
+    task_order = sorted(set(tasks))
+    first_ood_task = math.ceil(len(task_order) * SPLIT_FRACTION)
+    counts = {task: tasks.count(task) for task in task_order}
+    seen = {task: 0 for task in task_order}
+    splits = []
+    for task in tasks:
+        if task_order.index(task) >= first_ood_task:
+            splits.append("val_ood")
+        elif seen[task] >= math.ceil(counts[task] * SPLIT_FRACTION):
+            splits.append("val_ind")
+        else:
+            splits.append("train")
+        seen[task] += 1
+    return splits
+
+
+def compute_action_statistics(actions):
+    """Per-dimension min, max, q01, q99, mean and std of (N, 7) actions, as lists."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if len(actions) == 0:
+        raise ValueError("no training actions to compute statistics from")
+    return {
+        "min": actions.min(0).tolist(),
+        "max": actions.max(0).tolist(),
+        "q01": np.quantile(actions, 0.01, axis=0).tolist(),
+        "q99": np.quantile(actions, 0.99, axis=0).tolist(),
+        "mean": actions.mean(0).tolist(),
+        "std": actions.std(0).tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Episode:
+    task: str
+    demo: str
+    instruction: str
+    codes: np.ndarray  # (T, h, w) int16
+    actions: np.ndarray  # (T, 7) float64
+
+
+def load_episodes(episode_rows):
+    """The cached rows as in-memory `Episode`s (a LIBERO suite at 256 px is about 40 MB of codes)."""
+    # The numpy formatter casts floats to float32 unless told otherwise: actions are read as stored.
+    actions = episode_rows.with_format("numpy", columns=["actions"], dtype=np.float64)["actions"]
+    codes = episode_rows.with_format("numpy", columns=["codes"])["codes"]
+    return [
+        Episode(row["task"], row["demo"], row["instruction"], episode_codes, episode_actions)
+        for row, episode_codes, episode_actions in zip(
+            episode_rows.select_columns(["task", "demo", "instruction"]), codes, actions
+        )
+    ]
+
+
+def sample_index(episodes, chunk_size, kinds=SAMPLE_KINDS):
+    """[(kind, episode index, t)]: action samples for t <= T - K, world-model samples for t < T - 1.
+
+    Action samples come first, then world-model samples (the release concatenates the two sets; the
+    Trainer's sampler shuffles them together).
+    """
+    # The history is cut at the episode start, so it never removes a sample; only the chunk's end does.
+    unknown = set(kinds) - set(SAMPLE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown sample kinds {sorted(unknown)}; choose from {SAMPLE_KINDS}")
+    index = []
+    if "action" in kinds:
+        index += [("action", e, t) for e, ep in enumerate(episodes) for t in range(len(ep.actions) - chunk_size + 1)]
+    if "world_model" in kinds:
+        index += [("world_model", e, t) for e, ep in enumerate(episodes) for t in range(len(ep.actions) - 1)]
+    return index
+
+
+class WorldVLASamples(torch.utils.data.Dataset):
+    """Training samples built on access: {"input_ids", "labels"} lists from the processor's sample builders."""
+
+    def __init__(self, episodes, processor, unnorm_key, history_frames, chunk_size, kinds=SAMPLE_KINDS):
+        self.episodes = episodes
+        self.processor = processor
+        self.unnorm_key = unnorm_key
+        self.history_frames = history_frames
+        self.chunk_size = chunk_size
+        self.index = sample_index(episodes, chunk_size, kinds)
+
+    def __len__(self):
+        return len(self.index)
+
+    def count(self, kind):
+        return sum(1 for entry in self.index if entry[0] == kind)
+
+    def __getitem__(self, item):
+        kind, episode_index, t = self.index[item]
+        episode = self.episodes[episode_index]
+        if kind == "action":
+            history = episode.codes[max(0, t - self.history_frames + 1) : t + 1]
+            actions = episode.actions[t : t + self.chunk_size]
+            return self.processor.build_action_sample(episode.instruction, list(history), actions, self.unnorm_key)
+        return self.processor.build_world_model_sample(
+            [episode.codes[t]], episode.actions[t : t + 1], episode.codes[t + 1], self.unnorm_key
+        )
