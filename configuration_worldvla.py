@@ -35,7 +35,6 @@ IMAGE_GRID_UNIT = 32
 MAX_IMAGE_GRID = 16
 
 
-# <vq>
 class WorldVLAVQConfig(PretrainedConfig):
     r"""
     Configuration of [`WorldVLAVQModel`], Chameleon's VQGAN image tokenizer (encoder, quantizer, decoder).
@@ -184,7 +183,6 @@ class WorldVLAVQConfig(PretrainedConfig):
             )
 
 
-# </vq>
 
 
 class WorldVLAConfig(PretrainedConfig):

@@ -14,6 +14,10 @@ weights map one to one), with the release's changes:
 
 Because every action block of a chunk depends only on the prompt and on itself, `predict_action` decodes
 the K blocks of a chunk together: one prompt cache, `action_dim` steps of K tokens.
+
+The file also holds `WorldVLAVQModel`, Chameleon's VQGAN (taming-transformers' VQModel, Esser et al. 2021) with
+its encoder AND decoder, parameter names as in Meta's `vqgan.ckpt`; the processor carries it. It runs in
+float32 only: a code is an argmin over 8,192 close distances, and bf16 activations would change codes.
 """
 
 from contextlib import contextmanager
@@ -38,7 +42,11 @@ except ImportError:
 IGNORE_INDEX = -100
 
 
-# <vq>
+# ---------------------------------------------------------------------------------------------------------------------
+# The VQGAN image tokenizer (Chameleon's taming-transformers VQModel: encoder, quantizer and decoder)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 def _swish(hidden_states: torch.Tensor) -> torch.Tensor:
     # Written as taming writes it rather than F.silu, whose kernel rounds differently in the last bit:
     # the encoder's output feeds an argmin, and this keeps its codes bit-identical to the references.
@@ -396,7 +404,8 @@ class WorldVLAVQModel(PreTrainedModel):
     def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor:
         """Pixel values (B, 3, H, W), float in [-1, 1] -> codes (B, H/f, W/f) in [0, num_embeddings)."""
         pixel_values = self._check_pixel_values(pixel_values)
-        with self._float32_computation(pixel_values.device):
+        # Codes are an argmin, with no gradient: keeping the graph would only hold activations in memory.
+        with torch.no_grad(), self._float32_computation(pixel_values.device):
             latents = self.quant_conv(self.encoder(pixel_values))  # (B, embed_dim, H/f, W/f)
             return self.quantize(latents)
 
@@ -417,7 +426,6 @@ class WorldVLAVQModel(PreTrainedModel):
         """Encodes then decodes: the reconstruction the image tokens allow."""
         codes = self.encode(pixel_values)
         return WorldVLAVQOutput(reconstruction=self.decode(codes), codes=codes)
-# </vq>
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ An image is [start][grid H][grid W] (W/16 codes, row end) x H/16 rows [end].
 
 import copy
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -132,27 +133,57 @@ class ActionTokenizer:
         return self.unnormalize(normalised, key)
 
 
-def images_to_pixel_values(images, image_size=None):
-    """uint8 RGB frames (H, W, 3) each, or (N, H, W, 3) -> float32 (N, 3, H, W) = x / 255 * 2 - 1."""
-    arrays = images if isinstance(images, np.ndarray) and images.ndim == 4 else [np.asarray(image) for image in images]
-    for index, array in enumerate(arrays):
-        if array.dtype != np.uint8:
-            raise ValueError(f"image {index} must be uint8 RGB, got dtype {array.dtype}")
-        if array.ndim != 3 or array.shape[-1] != 3:
-            raise ValueError(f"image {index} must have shape (H, W, 3), got {array.shape}")
-        if image_size is not None and array.shape[:2] != (image_size, image_size):
-            raise ValueError(
-                f"image {index} is {array.shape[0]}x{array.shape[1]}, the model takes {image_size}x{image_size} "
-                "frames: render or resize to the model's image_size"
-            )
-    batch = np.stack(arrays).astype(np.float64) / 255.0 * 2.0 - 1.0
-    return torch.from_numpy(batch).to(torch.float32).permute(0, 3, 1, 2).contiguous()
+def _image_to_array(image) -> np.ndarray:
+    # PIL images are recognised by their `mode` so that PIL stays an optional dependency.
+    mode = getattr(image, "mode", None)
+    if mode is not None and mode != "RGB":
+        raise ValueError(f"Images must be RGB, got a PIL image of mode {mode!r}; use `image.convert('RGB')`.")
+    return np.asarray(image)
 
 
-def pixel_values_to_images(pixel_values):
-    """Float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), round((x + 1) / 2 * 255)."""
-    values = pixel_values.detach().to("cpu", torch.float64).clamp(-1.0, 1.0)
-    return torch.round((values + 1.0) / 2.0 * 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+def images_to_pixel_values(images) -> torch.Tensor:
+    """uint8 RGB images -> float32 pixel values (N, 3, H, W) = x / 255 * 2 - 1, exactly [-1, 1].
+
+    Args:
+        images: one image or several of the same size. An image is a PIL image (mode RGB) or a uint8
+            numpy array (H, W, 3); several are a list / tuple of those, or a uint8 array (N, H, W, 3).
+
+    The scaling is computed in float64 and rounded once to float32, as Chameleon's
+    `np.array(img) / 255.0 * 2 - 1` followed by `.float()`, so the values are bit-identical to its.
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        batch = images
+    else:
+        if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("`images` is empty: expected at least one image.")
+        arrays = [_image_to_array(image) for image in images]
+        shapes = sorted({array.shape for array in arrays})
+        if len(shapes) != 1:
+            raise ValueError(f"All images must have the same shape to form a batch, got shapes {shapes}.")
+        batch = np.stack(arrays)  # mixed dtypes promote away from uint8 and fail the check below
+    if batch.dtype != np.uint8:
+        raise ValueError(f"Images must be uint8 arrays, got dtype {batch.dtype}.")
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(
+            f"Images must be RGB with channels last: (H, W, 3) each or (N, H, W, 3), got shape {batch.shape}."
+        )
+    pixel_values = torch.from_numpy(batch.astype(np.float64) / 255.0 * 2.0 - 1.0).to(torch.float32)
+    return pixel_values.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+
+
+def pixel_values_to_images(pixel_values: torch.Tensor) -> np.ndarray:
+    """Pixel values (N, 3, H, W) in [-1, 1] -> uint8 RGB images (N, H, W, 3): round((x + 1) / 2 * 255),
+    values outside [-1, 1] clipped. Exact inverse of `images_to_pixel_values` on its outputs."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+        raise ValueError(f"`pixel_values` must be a tensor of shape (N, 3, H, W), got {got}.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"`pixel_values` must be a float tensor, got dtype {pixel_values.dtype}.")
+    values = pixel_values.detach().to(device="cpu", dtype=torch.float64).clamp(-1.0, 1.0)
+    images = torch.round((values + 1.0) / 2.0 * 255.0).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class WorldVLAProcessor(ProcessorMixin):
@@ -310,9 +341,13 @@ class WorldVLAProcessor(ProcessorMixin):
     @torch.no_grad()
     def encode_images(self, images):
         """uint8 frames (image_size x image_size x 3 each) -> VQ codes (N, h, w), on the CPU."""
-        if len(images) == 0:
-            raise ValueError("no images given")
-        pixel_values = images_to_pixel_values(images, self.layout["image_size"])
+        pixel_values = images_to_pixel_values(images)
+        size = self.layout["image_size"]
+        if pixel_values.shape[-2:] != (size, size):
+            height, width = pixel_values.shape[-2:]
+            raise ValueError(
+                f"frames are {height}x{width}, the model takes {size}x{size}: render or resize to its image_size"
+            )
         return self.vq_model.encode(pixel_values.to(self.vq_model.device)).cpu()
 
     @torch.no_grad()

@@ -167,11 +167,11 @@ def test_world_model_prompt_is_byte_exact(small_worldvla, frames):
 
 def test_bad_images_are_named(small_worldvla, frames):
     _, processor = small_worldvla
-    with pytest.raises(ValueError, match="is 32x32, the model takes 64x64"):
+    with pytest.raises(ValueError, match="frames are 32x32, the model takes 64x64"):
         processor(text="open the drawer", images=[np.zeros((32, 32, 3), np.uint8)] * 2)
-    with pytest.raises(ValueError, match="must be uint8 RGB, got dtype float32"):
+    with pytest.raises(ValueError, match="must be uint8 arrays, got dtype float32"):
         processor(text="open the drawer", images=[np.zeros((64, 64, 3), np.float32)] * 2)
-    with pytest.raises(ValueError, match=r"must have shape \(H, W, 3\), got \(64, 64, 4\)"):
+    with pytest.raises(ValueError, match=r"must be RGB with channels last.*got shape \(2, 64, 64, 4\)"):
         processor(text="open the drawer", images=[np.zeros((64, 64, 4), np.uint8)] * 2)
     with pytest.raises(ValueError, match="a list of history frames"):
         processor(text="open the drawer", images=frames[0])
