@@ -876,7 +876,7 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
     # Policy
     # -----------------------------------------------------------------------------------------------------------------
 
-    def _check_prompt(self, input_ids, attention_mask, new_tokens, processor):
+    def _check_prompt(self, input_ids, attention_mask, new_tokens):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if attention_mask is None:
@@ -887,9 +887,25 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
                 f"prompt of {longest - new_tokens} tokens plus {new_tokens} generated ones exceeds the context of "
                 f"{self.config.max_position_embeddings} tokens (max_position_embeddings)"
             )
-        if processor is not None:
-            processor.check_compatible(self.config)
         return attention_mask.to(input_ids.device)
+
+    def _generate_with_grammar(self, input_ids, attention_mask, new_tokens, grammar, do_sample=False, **generation_kwargs):
+        """`generate` exactly `new_tokens` tokens under a grammar logits processor; returns only the new tokens."""
+        generation_config = GenerationConfig(
+            max_new_tokens=new_tokens,
+            do_sample=do_sample,
+            eos_token_id=None,
+            pad_token_id=self.config.pad_token_id,
+            bos_token_id=self.config.bos_token_id,
+            **generation_kwargs,
+        )
+        generated = self.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            logits_processor=LogitsProcessorList([grammar]),
+        )
+        return generated[:, input_ids.shape[1] :]
 
     @torch.no_grad()
     def generate_action_tokens(self, input_ids, attention_mask=None, decoding="parallel"):
@@ -902,23 +918,11 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         """
         config = self.config
         chunk, block = config.action_chunk_size, config.action_block_length
-        attention_mask = self._check_prompt(input_ids, attention_mask, chunk * block, None)
+        attention_mask = self._check_prompt(input_ids, attention_mask, chunk * block)
         if decoding == "sequential":
-            generation_config = GenerationConfig(
-                max_new_tokens=chunk * block,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=config.pad_token_id,
-                bos_token_id=config.bos_token_id,
-            )
-            generated = self.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
-                logits_processor=LogitsProcessorList([ActionChunkLogitsProcessor(config, input_ids.shape[1])]),
-            )
-            blocks = generated[:, input_ids.shape[1] :].view(input_ids.shape[0], chunk, block)
-            return blocks[:, :, 1:-1]
+            grammar = ActionChunkLogitsProcessor(config, input_ids.shape[1])
+            generated = self._generate_with_grammar(input_ids, attention_mask, chunk * block, grammar)
+            return generated.view(input_ids.shape[0], chunk, block)[:, :, 1:-1]
         if decoding != "parallel":
             raise ValueError(f"decoding must be 'parallel' or 'sequential', got {decoding!r}")
         if not config.use_action_attention_mask:
@@ -954,7 +958,7 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         return torch.stack(bins, dim=-1)
 
     @torch.no_grad()
-    def predict_action(self, input_ids, attention_mask=None, processor=None, unnorm_key=None, decoding="parallel", **kwargs):
+    def predict_action(self, input_ids, attention_mask=None, processor=None, unnorm_key=None, decoding="parallel"):
         """Continuous actions (K, action_dim) for one prompt, (B, K, action_dim) for a batch of B > 1.
 
         `input_ids`/`attention_mask` come from `processor(text=instruction, images=history_frames)`; the
@@ -962,7 +966,7 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         """
         if processor is None:
             raise ValueError("predict_action needs the checkpoint's processor (it holds the action statistics)")
-        attention_mask = self._check_prompt(input_ids, attention_mask, 0, processor)
+        processor.check_compatible(self.config)
         bin_tokens = self.generate_action_tokens(input_ids, attention_mask, decoding=decoding)
         actions = processor.decode_actions(bin_tokens.cpu().numpy(), unnorm_key=unnorm_key)
         return actions[0] if actions.shape[0] == 1 else actions
@@ -974,23 +978,10 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
     @torch.no_grad()
     def generate_image_tokens(self, input_ids, attention_mask=None, do_sample=False, **generation_kwargs):
         """Token ids (B, image_sequence_length) of the next frame for world-model prompts (B, P)."""
-        config = self.config
-        attention_mask = self._check_prompt(input_ids, attention_mask, config.image_sequence_length, None)
-        generation_config = GenerationConfig(
-            max_new_tokens=config.image_sequence_length,
-            do_sample=do_sample,
-            eos_token_id=None,
-            pad_token_id=config.pad_token_id,
-            bos_token_id=config.bos_token_id,
-            **generation_kwargs,
-        )
-        generated = self.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            logits_processor=LogitsProcessorList([ImageTokensLogitsProcessor(config, input_ids.shape[1])]),
-        )
-        return generated[:, input_ids.shape[1] :]
+        length = self.config.image_sequence_length
+        attention_mask = self._check_prompt(input_ids, attention_mask, length)
+        grammar = ImageTokensLogitsProcessor(self.config, input_ids.shape[1])
+        return self._generate_with_grammar(input_ids, attention_mask, length, grammar, do_sample=do_sample, **generation_kwargs)
 
     @torch.no_grad()
     def predict_next_frame(self, images, actions, processor, unnorm_key=None, do_sample=False, **generation_kwargs):
