@@ -94,10 +94,15 @@ def test_worldvla_checkpoint_runs_through_the_protocol(tmp_path, monkeypatch):
     monkeypatch.setattr(eval_libero.WorldVLAPolicy, "act", recording_act)
     summary = eval_libero.main([
         "--model", str(tmp_path / "checkpoint"), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
-        "--max-steps", "12", "--device", "cpu", "--output-dir", str(tmp_path / "eval"),
+        "--max-steps", "12", "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "--save-video",
     ])
     record = lines(tmp_path / "eval" / "episodes.jsonl")[0]
     assert record["error"] is None and record["steps"] == 12
     assert summary["config"]["max_steps"] == 12 and summary["errors"] == 0
     assert queries[0] == [(64, 64, 3)]  # the first query: the current frame alone, as in the release
     assert queries[1:] == [[(64, 64, 3)] * 2] * 2  # K = 5: queries at steps 0, 5 and 10
+
+    import imageio.v3 as iio
+
+    video = iio.imread(tmp_path / "eval" / record["video"])
+    assert video.shape == (1 + 10 + 12, 64, 64, 3)  # the reset, the 10 waiting steps, the 12 policy steps
