@@ -60,7 +60,7 @@ def bench_chunk(chunk, repeats, seed):
     }
     for decoding in ("parallel", "sequential"):
         result[f"{decoding}_s"] = median_seconds(
-            lambda: model.predict_action(**inputs, processor=processor, decoding=decoding), repeats
+            lambda decoding=decoding: model.predict_action(**inputs, processor=processor, decoding=decoding), repeats
         )
     result["speedup"] = result["sequential_s"] / result["parallel_s"]
     result["decode_speedup"] = (result["sequential_s"] - result["prefill_s"]) / (result["parallel_s"] - result["prefill_s"])

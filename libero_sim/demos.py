@@ -198,7 +198,12 @@ def read_demos(path):
         for name in file["data"]:
             group = file["data"][name]
             arrays = {}
-            group.visititems(lambda key, item: arrays.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None)
+
+            def keep_dataset(key, item, arrays=arrays):
+                if isinstance(item, h5py.Dataset):
+                    arrays[key] = item[()]
+
+            group.visititems(keep_dataset)
             arrays["init_state"] = group.attrs["init_state"]
             demos[name] = arrays
     return attributes, demos

@@ -13,7 +13,6 @@ The time of the real-size model is measured by `bench/vqgan.py`.
 
 import math
 import os
-import time
 
 # Nothing here needs the Hub; without this, transformers may spend a minute on DNS retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
