@@ -64,6 +64,8 @@ class WorldVLAPolicy:
         except OSError as error:
             raise SystemExit(f"Could not load the model {model_id!r} (revision {revision}): {error}") from error
         self.model = model.to(device).eval()
+        # Each query encodes its frames: on a GPU the VQ encoder must run there too (seconds per frame on a CPU).
+        self.processor.vq_model.to(device)
         self.image_size = int(self.model.config.image_size)
         self.history_frames = int(self.model.config.history_frames)
         self.instruction = None
