@@ -478,8 +478,16 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
         if trainer.is_world_process_zero():
             processor.save_pretrained(staging)
             (staging / "README.md").write_text(model_card(model_args, data_args, training_args, summary, metrics, kind))
-            record = {**summary, "processes": training_args.world_size, "metrics": metrics, "log_history": trainer.state.log_history}
+            record = {
+                **summary,
+                "processes": training_args.world_size,
+                "metrics": metrics,
+                "log_history": trainer.state.log_history,
+                "training_arguments": json.loads(training_args.to_json_string()),
+            }
             (staging / "training_summary.json").write_text(json.dumps(record, indent=2))
+            # Trainer pickles its arguments next to the weights; a published checkpoint carries no pickle.
+            (staging / "training_args.bin").unlink(missing_ok=True)
             publish_folder(staging, final)
             logger.info("saved %s", final)
         trainer.accelerator.wait_for_everyone()

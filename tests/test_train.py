@@ -107,6 +107,10 @@ def test_loss_goes_down_and_losses_are_logged(full_run):
 
 
 def test_saved_model_loads_in_a_fresh_process(full_run, workspace):
+    saved = {path.name for path in (full_run / "model").iterdir()}
+    assert "training_args.bin" not in saved and not any(name.endswith((".bin", ".pt", ".pkl")) for name in saved)
+    summary = json.loads((full_run / "model" / "training_summary.json").read_text())
+    assert summary["training_arguments"]["learning_rate"] > 0
     script = f"""
 import json, numpy as np, torch
 from transformers import AutoModelForCausalLM, AutoProcessor
