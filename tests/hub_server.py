@@ -24,9 +24,16 @@ Not implemented: LFS and Xet uploads (huggingface_hub 2.4.0 honours "regular" fo
 needed; an "lfsFile" commit line gets a 400), pull requests (create_pr), Range requests, pagination, repo
 deletion, tags, private/gated repos, real YAML validation.
 """
+
 from __future__ import annotations
 
-import base64, hashlib, json, os, re, shutil, threading
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -64,9 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet; requests are recorded in hub.requests instead
         pass
 
-    def do_GET(self): self._dispatch("GET")
-    def do_HEAD(self): self._dispatch("GET")  # reply() drops the body
-    def do_POST(self): self._dispatch("POST")
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("GET")  # reply() drops the body
+
+    def do_POST(self):
+        self._dispatch("POST")
 
     def _dispatch(self, method: str):
         url = urlsplit(self.path)
@@ -91,7 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                chunks.append(self.rfile.read(size)); self.rfile.readline()
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
             self.rfile.readline()
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -134,8 +147,11 @@ class LocalHubServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
     # ---- storage -----------------------------------------------------------------------------------------
     def repo_dir(self, repo: str, type: str = "model") -> Path:
@@ -216,8 +232,19 @@ class LocalHubServer:
     def _api_repo_info(self, h, type, repo, rev="main"):
         tree, sha = self._resolve(repo, type, rev)
         siblings = [{"rfilename": p, "size": (tree / p).stat().st_size} for p in _files(tree)]
-        h.reply({"id": repo, "author": repo.split("/")[0], "sha": sha, "private": False, "disabled": False,
-                 "gated": False, "tags": [], "siblings": siblings, "lastModified": "2026-01-01T00:00:00.000Z"})
+        h.reply(
+            {
+                "id": repo,
+                "author": repo.split("/")[0],
+                "sha": sha,
+                "private": False,
+                "disabled": False,
+                "gated": False,
+                "tags": [],
+                "siblings": siblings,
+                "lastModified": "2026-01-01T00:00:00.000Z",
+            }
+        )
 
     def _api_tree(self, h, type, repo, rev, path=""):
         tree, _ = self._resolve(repo, type, rev)
@@ -225,8 +252,10 @@ class LocalHubServer:
         if base and not (tree / _safe_path(base)).is_dir():
             raise HubError(404, "EntryNotFound", f"{base} does not exist")
         recursive = h.query.get("recursive", "false").lower() in ("1", "true")
-        paths = sorted(str(p.relative_to(tree).as_posix()) for p in
-                       ((tree / base).rglob("*") if recursive else (tree / base).iterdir()))
+        paths = sorted(
+            str(p.relative_to(tree).as_posix())
+            for p in ((tree / base).rglob("*") if recursive else (tree / base).iterdir())
+        )
         h.reply([self._entry(tree, p) for p in paths])
 
     def _api_paths_info(self, h, type, repo, rev):
@@ -265,8 +294,14 @@ class LocalHubServer:
                 raise HubError(400, None, f"commit line {key!r} is not supported (LFS/Xet are not implemented)")
         sha = self._commit(repo, type, rev, summary, ops)
         prefix = "" if type == "model" else f"{type}s/"
-        h.reply({"success": True, "commitOid": sha, "commitUrl": f"{self.endpoint}/{prefix}{repo}/commit/{sha}",
-                 "pullRequestUrl": None})
+        h.reply(
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{self.endpoint}/{prefix}{repo}/commit/{sha}",
+                "pullRequestUrl": None,
+            }
+        )
 
     def _api_create_branch(self, h, type, repo, rev):
         ref = self.repo_dir(repo, type) / "refs" / quote(rev, safe="")
@@ -282,8 +317,11 @@ class LocalHubServer:
         if not full.is_file():
             raise HubError(404, "EntryNotFound", "Entry not found", commit=sha)
         data = full.read_bytes()
-        h.reply(data, content_type="application/octet-stream",
-                headers={"X-Repo-Commit": sha, "ETag": f'"{git_oid(data)}"', "Accept-Ranges": "none"})
+        h.reply(
+            data,
+            content_type="application/octet-stream",
+            headers={"X-Repo-Commit": sha, "ETag": f'"{git_oid(data)}"', "Accept-Ranges": "none"},
+        )
 
 
 def _safe_path(path: str) -> str:
@@ -300,10 +338,21 @@ def _files(tree: Path) -> list[str]:
 def hub_env(endpoint: str, home: str | os.PathLike) -> dict[str, str]:
     """Environment for a process that should talk to `endpoint` with a fresh HF_HOME (for subprocess.run(env=...))."""
     home = Path(home)
-    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(home),
-            "HF_HUB_CACHE": str(home / "hub"), "HF_XET_CACHE": str(home / "xet"), "HF_MODULES_CACHE": str(home / "modules"),
-            "HF_TOKEN": "hf_local_hub_dummy_token", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "HF_HUB_DISABLE_UPDATE_CHECK": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    return {
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_MODULES_CACHE": str(home / "modules"),
+        "HF_TOKEN": "hf_local_hub_dummy_token",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
 
 
 def local_hub(tmp_path, monkeypatch):
@@ -329,10 +378,15 @@ def local_hub(tmp_path, monkeypatch):
         "ENDPOINT": hub.endpoint,
         "HUGGINGFACE_CO_URL_TEMPLATE": hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
         "HF_URL_HOSTS": constants.HF_URL_HOSTS | {"127.0.0.1"},
-        "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True,
-        "HF_HOME": env["HF_HOME"], "HF_HUB_CACHE": env["HF_HUB_CACHE"], "HUGGINGFACE_HUB_CACHE": env["HF_HUB_CACHE"],
-        "HF_ASSETS_CACHE": str(home / "assets"), "HF_XET_CACHE": env["HF_XET_CACHE"],
-        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HOME": env["HF_HOME"],
+        "HF_HUB_CACHE": env["HF_HUB_CACHE"],
+        "HUGGINGFACE_HUB_CACHE": env["HF_HUB_CACHE"],
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": env["HF_XET_CACHE"],
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
         "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
     }
     for name, value in patches.items():
@@ -340,6 +394,7 @@ def local_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_api.api, "endpoint", hub.endpoint)
     try:
         import transformers.utils.hub as tf_hub
+
         monkeypatch.setattr(tf_hub, "_hf_api", None)  # rebuilt on first use, with the patched endpoint
     except ImportError:
         pass
