@@ -474,6 +474,12 @@ def build_action_attention_mask(input_ids, config, attention_mask=None, dtype=to
     attend to any other action block; it still sees BOS, text, images, separators and the earlier tokens of
     its own block. Action blocks before the last image (the conditioning actions of a world-model sample)
     stay plainly causal. Every position sees itself, so no row is empty.
+
+    "After the last image" is read as "starting after the start token of the last image"; the release reads
+    it from the image's end token, which is the same on every well-formed sequence and, unlike it, also
+    classifies the blocks of a frame still being generated. The rule depends on the whole sequence (a later
+    image turns earlier blocks back to causal); in the two sample formats no generated token ever changes
+    the rows of earlier tokens, so cached generation equals a full forward (tested).
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
