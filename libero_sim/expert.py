@@ -6,8 +6,11 @@ target poses from MuJoCo, and moves the end effector with proportional OSC_POSE 
 above the object, down, close, lift, above the target, down, open; one goal predicate after the
 other. Grasps are chosen from the scene's collision geometry (ray casts): across the narrow side of
 small objects, clear of taller neighbours for the palm, and across the rim of wide ones (bowls).
-Articulated goals (`Open`, `Close`, `Turnon`: drawers, microwave, stove) are not handled: `reset`
-raises NotImplementedError for them.
+Cabinet drawers are opened by grasping the handle with the fingers turned to point into the
+cabinet and pulling along the slide joint (also, unasked, before putting something into a drawer),
+and closed by pushing the handle with closed fingers; a stove is switched on by gripping its knob
+from above and turning the wrist. Other goals (`Close` of the microwave door, `Turnoff`, ...) raise
+NotImplementedError in `reset`.
 
 It is a policy like the learned one (`reset(instruction)`, `act(observation)` returning a chunk
 of one action) so that `eval_libero.py` drives both through the same loop; it also writes the
@@ -47,6 +50,20 @@ LIFT_CHECK_HEIGHT = 0.02
 LIFT_CHECK_STEPS = 8
 MAX_GRASP_ATTEMPTS = 3
 DESCENT_STALL_STEPS = 5
+# Drawers: the hand waits this far in front of the handle, and leads it by this much when it
+# pulls or pushes; LIBERO calls a cabinet drawer open below -0.14 and closed above 0 (metres).
+DRAWER_STANDOFF = 0.12
+DRAWER_APPROACH_HEIGHT = 0.1
+DRAWER_PUSH_TILT = 0.6
+DRAWER_LEAD = 0.05
+DRAWER_OPEN_POSITION = -0.15
+DRAWER_CLOSED_POSITION = 0.002
+# Stove knob: its ridge stands at least this high above the disc; the fingers grip it this far
+# below its top and turn it by this angle (LIBERO's stove is on from 0.5 rad).
+KNOB_RIDGE_HEIGHT = 0.01
+KNOB_GRASP_DEPTH = 0.015
+KNOB_TURN = 1.2
+KNOB_ON_POSITION = 0.8
 # MuJoCo geom groups searched by ray casts: robosuite puts collision geoms in group 0.
 COLLISION_GROUPS = np.array([1, 0, 0, 0, 0, 0], dtype=np.uint8)
 UNIT_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
@@ -73,6 +90,13 @@ def closing_yaw(direction):
     the world y axis at yaw 0, close along the horizontal `direction`."""
     yaw = np.arctan2(-direction[0], direction[1])
     return (yaw + np.pi / 2) % np.pi - np.pi / 2
+
+
+def turn_about(axis, angle):
+    """Rotation matrix of `angle` about a unit axis (Rodrigues)."""
+    x, y, z = axis
+    skew = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
 
 
 def rotation_error(target_matrix, current_matrix):
@@ -183,12 +207,47 @@ class ScriptedExpert:
         self.inner = self.env.env
         self.geometry = SceneGeometry(self.env)
         predicates = goal_predicates(self.env)
-        unsupported = [p for p in predicates if p[0] not in ("on", "in")]
+        unsupported = [p for p in predicates if not self.can_solve(p)]
         if unsupported:
             raise NotImplementedError(f"The scripted expert cannot solve {unsupported} yet.")
-        self.subgoals = list(predicates)
+        self.subgoals = self.plan_subgoals(predicates)
         self.phase = None
         self.home_rotation = None
+        self.tilt = np.eye(3)
+
+    def can_solve(self, predicate):
+        kind, target = predicate[0], predicate[-1]
+        if kind in ("on", "in"):
+            return True
+        if kind in ("open", "close"):
+            return self.drawer_joint(target) is not None
+        if kind == "turnon":
+            return hasattr(self.inner.get_object(target), "turn_on") if target in self.inner.obj_body_id else False
+        return False
+
+    def plan_subgoals(self, predicates):
+        """Drawers are opened first (also, unasked, a drawer that something must go into), then
+        objects are placed, then drawers closed and stoves switched on: closing shuts in what was
+        placed, and a knob is turned last so that the hand does not knock it back."""
+        opens = [p for p in predicates if p[0] == "open"]
+        for p in predicates:
+            if p[0] == "in" and self.drawer_joint(p[2]) is not None and ("open", p[2]) not in opens:
+                opens.append(("open", p[2]))
+        places = [p for p in predicates if p[0] in ("on", "in")]
+        return opens + places + [p for p in predicates if p[0] in ("close", "turnon")]
+
+    def drawer_joint(self, name):
+        """Id of the slide joint of a cabinet's drawer region, or None for anything else."""
+        site = self.inner.object_sites_dict.get(name)
+        for joint in getattr(site, "joints", None) or []:
+            joint_id = self.geometry.model.joint(joint).id
+            if self.geometry.model.jnt_type[joint_id] == mujoco.mjtJoint.mjJNT_SLIDE:
+                return joint_id
+        return None
+
+    def satisfied(self, predicate):
+        """The environment's own judgement of one goal predicate."""
+        return bool(self.inner._eval_predicate(list(predicate)))
 
     def act(self, observation):
         """A chunk of one 7-D action: the next proportional move of the current phase."""
@@ -204,13 +263,23 @@ class ScriptedExpert:
             self.home_rotation = rotation
             self.yaw = 0.0
         if self.phase is None:
+            # Articulations already where the goal wants them (a drawer left open) need no move.
+            while self.subgoals and self.subgoals[0][0] not in ("on", "in") and self.satisfied(self.subgoals[0]):
+                self.subgoals.pop(0)
             if not self.subgoals:
                 return self.move(eef, rotation, eef, GRIPPER_OPEN)
-            _, self.object_name, self.target_name = self.subgoals[0]
-            self.attempts = 0
-            self.failed_rim_angles = []
-            self.rim_angle = None
-            self.enter("approach")
+            self.tilt = np.eye(3)
+            kind = self.subgoals[0][0]
+            if kind in ("open", "close"):
+                self.start_drawer(*self.subgoals[0])
+            elif kind == "turnon":
+                self.start_knob(self.subgoals[0][1])
+            else:
+                _, self.object_name, self.target_name = self.subgoals[0]
+                self.attempts = 0
+                self.failed_rim_angles = []
+                self.rim_angle = None
+                self.enter("approach")
         self.phase_steps += 1
         return getattr(self, "phase_" + self.phase)(eef, rotation)
 
@@ -229,17 +298,20 @@ class ScriptedExpert:
         action = np.zeros(7)
         integral_term = np.clip(INTEGRAL_GAIN * self.error_integral, -0.5, 0.5)
         action[:3] = np.clip(error * POSITION_GAIN + integral_term, -speed, speed)
-        target_rotation = yaw_matrix(self.yaw) @ self.home_rotation
-        action[3:6] = np.clip(rotation_error(target_rotation, rotation) * ROTATION_GAIN, -1, 1)
+        action[3:6] = np.clip(rotation_error(self.target_rotation(), rotation) * ROTATION_GAIN, -1, 1)
         action[6] = gripper
         return action
 
     def timed_out(self, limit=PHASE_TIMEOUT_STEPS):
         return self.phase_steps > limit
 
+    def target_rotation(self):
+        """The top-down home orientation turned by `yaw` about world z, then by `tilt` (a world
+        rotation: fingers pointing sideways at drawer handles)."""
+        return self.tilt @ yaw_matrix(self.yaw) @ self.home_rotation
+
     def yaw_error(self, rotation):
-        target_rotation = yaw_matrix(self.yaw) @ self.home_rotation
-        return np.linalg.norm(rotation_error(target_rotation, rotation))
+        return np.linalg.norm(rotation_error(self.target_rotation(), rotation))
 
     # Grasp and place geometry ---------------------------------------------------------------
     def choose_grasp(self, eef):
@@ -314,10 +386,13 @@ class ScriptedExpert:
             return np.array([centre[0], centre[1], high[2]])
         low, _ = self.geometry.site_bounds(name)
         parent = self.geometry.site_parent(name)
-        top = low[2]
-        if parent in self.inner.obj_body_id:
-            top = max(top, self.geometry.bounds(parent)[1][2])
         centre = self.geometry.position(name)
+        top = low[2]
+        if self.drawer_joint(name) is not None:
+            # Inside an open drawer: its floor, not the cabinet's top.
+            top = self.geometry.surface_height(centre[:2], centre[2], self.object_name)
+        elif parent in self.inner.obj_body_id:
+            top = max(top, self.geometry.bounds(parent)[1][2])
         return np.array([centre[0], centre[1], top])
 
     def placement_offset(self, eef):
@@ -399,7 +474,169 @@ class ScriptedExpert:
 
     def phase_retreat(self, eef, rotation):
         if self.phase_steps > 10:
-            self.subgoals.pop(0)
-            self.phase = None
+            self.finish_subgoal()
         # Slowly: a tilted bowl can still rest on a finger.
         return self.move(eef, rotation, np.array([eef[0], eef[1], self.retreat_height]), GRIPPER_OPEN, speed=0.3)
+
+    def finish_subgoal(self):
+        self.subgoals.pop(0)
+        self.phase = None
+
+    # Drawers: grasp the handle with the hand turned sideways, pull or push along the slide ------
+    def start_drawer(self, kind, region):
+        model, data = self.geometry.model, self.geometry.data
+        joint = self.drawer_joint(region)
+        self.joint_address = model.jnt_qposadr[joint]
+        # LIBERO's cabinets open at negative joint values: the drawer comes out along -axis.
+        pull = -data.xaxis[joint].copy()
+        pull[2] = 0.0
+        self.pull = pull / np.linalg.norm(pull)
+        # The handle is the part of the drawer that sticks out furthest along the pull.
+        geoms = np.flatnonzero(model.geom_bodyid == model.jnt_bodyid[joint])
+        geoms = geoms[(model.geom_contype[geoms] != 0) | (model.geom_conaffinity[geoms] != 0)]
+        low, high = self.geometry.geom_boxes(geoms)
+        self.handle_geom = geoms[np.argmax(((low + high) / 2) @ self.pull)]
+        # To pull, the fingers point into the cabinet (a quarter turn about the horizontal axis
+        # across the pull) and close vertically around the handle bar. To push, the closed
+        # fingers lean into the cabinet, the hand's long side across the pull: upright, the
+        # forearm hits the cabinet's top before the drawer is in.
+        across = np.cross([0.0, 0.0, 1.0], self.pull)
+        self.yaw = closing_yaw((self.pull if kind == "open" else across)[:2])
+        self.drawer_tilt = turn_about(across, np.pi / 2 if kind == "open" else DRAWER_PUSH_TILT)
+        self.enter("drawer_approach")
+
+    def handle_centre(self):
+        low, high = self.geometry.geom_boxes(np.array([self.handle_geom]))
+        return (low[0] + high[0]) / 2
+
+    def joint_position(self):
+        return self.geometry.data.qpos[self.joint_address]
+
+    def phase_drawer_approach(self, eef, rotation):
+        # Turn the hand high above the objects in front of the cabinet, then come down.
+        target = self.handle_centre() + DRAWER_STANDOFF * self.pull + [0, 0, DRAWER_APPROACH_HEIGHT]
+        # The hand may start inside the cabinet's reach (after placing something in the drawer).
+        self.tilt = self.drawer_tilt if np.linalg.norm((target - eef)[:2]) < 0.05 else np.eye(3)
+        arrived = np.linalg.norm(target - eef) < 0.02 and self.yaw_error(rotation) < 0.1
+        if arrived or self.timed_out(100):
+            self.enter("drawer_descend")
+        return self.move(eef, rotation, target, self.drawer_gripper())
+
+    def phase_drawer_descend(self, eef, rotation):
+        target = self.handle_centre() + DRAWER_STANDOFF * self.pull
+        if np.linalg.norm(target - eef) < POSITION_TOLERANCE or self.timed_out(40):
+            self.enter("drawer_reach" if self.subgoals[0][0] == "open" else "drawer_push")
+        return self.move(eef, rotation, target, self.drawer_gripper())
+
+    def drawer_gripper(self):
+        """Open to grasp a handle and pull; closed to push with the fingertips."""
+        return GRIPPER_OPEN if self.subgoals[0][0] == "open" else GRIPPER_CLOSED
+
+    def phase_drawer_reach(self, eef, rotation):
+        target = self.handle_centre()
+        if np.linalg.norm(target - eef) < 0.006 or self.timed_out(40):
+            self.enter("drawer_grip")
+        return self.move(eef, rotation, target, GRIPPER_OPEN)
+
+    def phase_drawer_grip(self, eef, rotation):
+        if self.phase_steps >= CLOSE_STEPS:
+            self.enter("drawer_pull")
+        return self.move(eef, rotation, self.handle_centre(), GRIPPER_CLOSED)
+
+    def phase_drawer_pull(self, eef, rotation):
+        # Pull a little ahead of the handle until the drawer is well inside the open range.
+        if self.joint_position() < DRAWER_OPEN_POSITION or self.timed_out(80):
+            self.enter("drawer_release")
+        return self.move(eef, rotation, self.handle_centre() + DRAWER_LEAD * self.pull, GRIPPER_CLOSED)
+
+    def phase_drawer_push(self, eef, rotation):
+        # Closed fingers press on the handle's front until the drawer is past its closed stop.
+        if self.joint_position() > DRAWER_CLOSED_POSITION or self.timed_out(100):
+            self.enter("drawer_release")
+        return self.move(eef, rotation, self.handle_centre() - DRAWER_LEAD * self.pull, GRIPPER_CLOSED, speed=0.5)
+
+    def phase_drawer_release(self, eef, rotation):
+        if self.phase_steps == 1:
+            # Straight back off the handle, then up: turning the hand near the handle would
+            # knock the drawer back.
+            self.retreat_point = eef + DRAWER_STANDOFF * self.pull
+        if self.phase_steps >= OPEN_STEPS:
+            self.enter("drawer_retreat")
+        return self.move(eef, rotation, eef, GRIPPER_OPEN)
+
+    def phase_drawer_retreat(self, eef, rotation):
+        if np.linalg.norm(self.retreat_point - eef) < 0.02 or self.timed_out(30):
+            self.retreat_point = self.retreat_point + [0, 0, DRAWER_APPROACH_HEIGHT]
+            self.enter("drawer_rise")
+        return self.move(eef, rotation, self.retreat_point, GRIPPER_OPEN)
+
+    def phase_drawer_rise(self, eef, rotation):
+        if np.linalg.norm(self.retreat_point - eef) < 0.02 or self.timed_out(30):
+            self.tilt = np.eye(3)
+            self.enter("drawer_unturn")
+        return self.move(eef, rotation, self.retreat_point, GRIPPER_OPEN)
+
+    def phase_drawer_unturn(self, eef, rotation):
+        # Back to top-down on the spot: turning while travelling swings the hand into the handle.
+        if self.yaw_error(rotation) < 0.15 or self.timed_out(30):
+            self.finish_subgoal()
+        return self.move(eef, rotation, self.retreat_point, GRIPPER_OPEN)
+
+    # Stove knob: grasp the knob's ridge from above and turn the wrist ---------------------------
+    def start_knob(self, name):
+        model, data = self.geometry.model, self.geometry.data
+        stove = self.inner.get_object(name)
+        joint = model.joint(stove.joints[0]).id
+        self.joint_address = model.jnt_qposadr[joint]
+        # Turning on raises the joint value: turn the wrist the same way about the knob's axis.
+        self.turn_sign = np.sign(data.xaxis[joint][2])
+        knob = model.jnt_bodyid[joint]
+        geoms = np.flatnonzero(model.geom_bodyid == knob)
+        geoms = geoms[(model.geom_contype[geoms] != 0) | (model.geom_conaffinity[geoms] != 0)]
+        # The ridge is what stands above the knob's flat disc.
+        low, high = self.geometry.geom_boxes(geoms)
+        ridge = high[:, 2] > np.min(high[:, 2]) + KNOB_RIDGE_HEIGHT
+        body_rotation = data.xmat[knob].reshape(3, 3)
+        corners = np.concatenate([low[ridge], high[ridge]]) @ body_rotation  # in the knob's frame
+        extent = corners.max(axis=0) - corners.min(axis=0)
+        narrow_axis = body_rotation[:, 0] if extent[0] < extent[1] else body_rotation[:, 1]
+        top = high[ridge, 2].max()
+        centre = (low[ridge].min(axis=0) + high[ridge].max(axis=0)) / 2
+        self.grasp = np.array([centre[0], centre[1], top - KNOB_GRASP_DEPTH])
+        self.yaw = closing_yaw(narrow_axis[:2])
+        self.enter("knob_approach")
+
+    def phase_knob_approach(self, eef, rotation):
+        target = self.grasp + [0, 0, APPROACH_CLEARANCE]
+        aligned = np.linalg.norm((target - eef)[:2]) < POSITION_TOLERANCE and self.yaw_error(rotation) < 0.05
+        if aligned or self.timed_out():
+            self.enter("knob_descend")
+        return self.move(eef, rotation, target, GRIPPER_OPEN)
+
+    def phase_knob_descend(self, eef, rotation):
+        if np.linalg.norm(self.grasp - eef) < 0.006 or self.timed_out(40):
+            self.enter("knob_grip")
+        return self.move(eef, rotation, self.grasp, GRIPPER_OPEN, speed=0.5)
+
+    def phase_knob_grip(self, eef, rotation):
+        if self.phase_steps >= CLOSE_STEPS:
+            self.enter("knob_turn")
+        return self.move(eef, rotation, self.grasp, GRIPPER_CLOSED)
+
+    def phase_knob_turn(self, eef, rotation):
+        if self.phase_steps == 1:
+            self.yaw += self.turn_sign * KNOB_TURN
+        if self.joint_position() > KNOB_ON_POSITION or self.timed_out(40):
+            self.enter("knob_release")
+        return self.move(eef, rotation, self.grasp, GRIPPER_CLOSED)
+
+    def phase_knob_release(self, eef, rotation):
+        if self.phase_steps >= OPEN_STEPS:
+            self.enter("knob_retreat")
+        return self.move(eef, rotation, self.grasp, GRIPPER_OPEN)
+
+    def phase_knob_retreat(self, eef, rotation):
+        target = self.grasp + [0, 0, APPROACH_CLEARANCE]
+        if np.linalg.norm(target - eef) < 0.02 or self.timed_out(20):
+            self.finish_subgoal()
+        return self.move(eef, rotation, target, GRIPPER_OPEN)
