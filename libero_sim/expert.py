@@ -5,7 +5,8 @@ It parses the task's goal predicates (`env.env.parsed_problem["goal_state"]`, e.
 target poses from MuJoCo, and moves the end effector with proportional OSC_POSE deltas:
 above the object, down, close, lift, above the target, down, open; one goal predicate after the
 other. Grasps are chosen from the scene's collision geometry (ray casts): across the narrow side of
-small objects, clear of taller neighbours for the palm, and across the rim of wide ones (bowls).
+small objects, clear of taller neighbours for the palm, across the rim of wide open ones (bowls),
+and across the handle of wide closed ones (moka pots).
 Cabinet drawers are opened by grasping the handle with the fingers turned to point into the
 cabinet and pulling along the slide joint (also, unasked, before putting something into a drawer),
 and closed by pushing the handle with closed fingers; a stove is switched on by gripping its knob
@@ -31,6 +32,8 @@ GRIPPER_CLOSED = 1.0
 MAX_GRASP_WIDTH = 0.065
 RIM_INSET = 0.015
 RIM_GRASP_DEPTH = 0.03
+# Parts of a closed wide object further than this from its body origin form its handle.
+HANDLE_RADIUS = 0.05
 # Half the open finger span: where the fingers come down around the grasp point.
 FINGER_REACH = 0.045
 # Footprint of the Panda hand's palm around the grip site, and its height above it.
@@ -50,6 +53,12 @@ LIFT_CHECK_HEIGHT = 0.02
 LIFT_CHECK_STEPS = 8
 MAX_GRASP_ATTEMPTS = 3
 DESCENT_STALL_STEPS = 5
+# After a place, the hand keeps its height while further than this (xy) from the spot above the
+# next grasp, so that the fingers do not sweep through a basket wall on a diagonal way down.
+DESCEND_WITHIN = 0.04
+# Objects that LIBERO's initial states leave intersecting are thrown up and may land next to the
+# object to grasp: the grasp is chosen anew once nothing moves faster than this (m/s).
+REST_SPEED = 0.05
 # Drawers: the hand waits this far in front of the handle, and leads it by this much when it
 # pulls or pushes; LIBERO calls a cabinet drawer open below -0.14 and closed above 0 (metres).
 DRAWER_STANDOFF = 0.12
@@ -178,6 +187,12 @@ class SceneGeometry:
             start[2] = hit_z - 1e-4
         return -np.inf
 
+    def at_rest(self):
+        """Whether every free object moves slower than REST_SPEED."""
+        free = np.flatnonzero(self.model.jnt_type == mujoco.mjtJoint.mjJNT_FREE)
+        speeds = [np.linalg.norm(self.data.qvel[self.model.jnt_dofadr[j] : self.model.jnt_dofadr[j] + 3]) for j in free]
+        return max(speeds, default=0.0) < REST_SPEED
+
     def site_bounds(self, site_name):
         """(low, high) corners of a region site's box."""
         site = self.data.site(site_name)
@@ -211,9 +226,11 @@ class ScriptedExpert:
         if unsupported:
             raise NotImplementedError(f"The scripted expert cannot solve {unsupported} yet.")
         self.subgoals = self.plan_subgoals(predicates)
+        self.place_goals = [p for p in predicates if p[0] in ("on", "in")]
         self.phase = None
         self.home_rotation = None
         self.tilt = np.eye(3)
+        self.hand_in_container = False
 
     def can_solve(self, predicate):
         kind, target = predicate[0], predicate[-1]
@@ -228,13 +245,18 @@ class ScriptedExpert:
     def plan_subgoals(self, predicates):
         """Drawers are opened first (also, unasked, a drawer that something must go into), then
         objects are placed, then drawers closed and stoves switched on: closing shuts in what was
-        placed, and a knob is turned last so that the hand does not knock it back."""
+        placed, and a knob is turned last so that the hand does not knock it back (unless the
+        stove itself is a place target)."""
         opens = [p for p in predicates if p[0] == "open"]
         for p in predicates:
             if p[0] == "in" and self.drawer_joint(p[2]) is not None and ("open", p[2]) not in opens:
                 opens.append(("open", p[2]))
         places = [p for p in predicates if p[0] in ("on", "in")]
-        return opens + places + [p for p in predicates if p[0] in ("close", "turnon")]
+        # A stove that something goes onto is switched on first: a pot on it blocks the knob.
+        targets = {self.inner.object_sites_dict[p[2]].parent_name for p in places if p[2] in self.inner.object_sites_dict}
+        first = [p for p in predicates if p[0] == "turnon" and p[1] in targets]
+        last = [p for p in predicates if p[0] in ("close", "turnon") and p not in first]
+        return opens + first + places + last
 
     def drawer_joint(self, name):
         """Id of the slide joint of a cabinet's drawer region, or None for anything else."""
@@ -340,6 +362,9 @@ class ScriptedExpert:
                 if best is None or score > best[0]:
                     best = (score, point)
             return best[1], closing_yaw(narrow_axis[:2])
+        handle = self.handle_grasp(name, centre, high[2])
+        if handle is not None:
+            return handle
         radius = min(extent[0], extent[1]) / 2 - RIM_INSET
         grasp_z = high[2] - RIM_GRASP_DEPTH
         best = None
@@ -366,6 +391,25 @@ class ScriptedExpert:
         self.rim_angle = best[3]
         return best[1], best[2]
 
+    def handle_grasp(self, name, centre, top):
+        """Grip point and yaw across the handle of a wide object with a closed top (a moka pot),
+        or None for open ones (bowls): a closed top offers no rim to grasp. The handle is made of
+        the geoms that stand out beyond HANDLE_RADIUS on the side of the furthest one."""
+        low, high = self.geometry.geom_boxes(self.geometry.collision_geoms_of_root[self.geometry.body_id(name)])
+        middles = (low + high) / 2
+        over_centre = np.all((low[:, :2] <= centre[:2]) & (high[:, :2] >= centre[:2]), axis=1)
+        if not over_centre.any() or high[over_centre, 2].max() < top - 0.02:
+            return None
+        offsets = middles[:, :2] - centre[:2]
+        furthest = offsets[np.argmax(np.linalg.norm(offsets, axis=1))]
+        radial = furthest / np.linalg.norm(furthest)
+        parts = (offsets @ radial) > HANDLE_RADIUS
+        if not parts.any():
+            return None
+        point = middles[parts].mean(axis=0)
+        # The fingers close across the handle's plane, which holds the radial direction.
+        return point, closing_yaw(np.array([-radial[1], radial[0]]))
+
     def palm_clearance(self, point, closing_axis, across_axis):
         """Height between the bottom of the palm, were the grip site at `point`, and the highest
         obstacle under the palm's footprint (the object itself excluded)."""
@@ -384,9 +428,17 @@ class ScriptedExpert:
             _, high = self.geometry.bounds(name)
             centre = self.geometry.position(name)
             return np.array([centre[0], centre[1], high[2]])
-        low, _ = self.geometry.site_bounds(name)
+        low, high = self.geometry.site_bounds(name)
         parent = self.geometry.site_parent(name)
         centre = self.geometry.position(name)
+        # Several objects for one region (both moka pots on the stove): each goes a quarter of the
+        # region off its centre, away from the others, along the fingers' closing axis: the
+        # side a handle does not stick out of.
+        others = [self.geometry.position(p[1]) for p in self.place_goals if p[2] == name and p[1] != self.object_name]
+        if others:
+            side = yaw_matrix(self.yaw) @ [0.0, 1.0, 0.0] * np.min(high[:2] - low[:2]) / 4
+            spots = [centre + side, centre - side]
+            centre = max(spots, key=lambda spot: min(np.linalg.norm((spot - other)[:2]) for other in others))
         top = low[2]
         if self.drawer_joint(name) is not None:
             # Inside an open drawer: its floor, not the cabinet's top.
@@ -401,11 +453,16 @@ class ScriptedExpert:
 
     # Phases ---------------------------------------------------------------------------------
     def phase_approach(self, eef, rotation):
-        if self.phase_steps == 1:
+        if self.phase_steps == 1 or not self.grasp_at_rest:
+            self.grasp_at_rest = self.geometry.at_rest()
             self.grasp, self.yaw = self.choose_grasp(eef)
         target = self.grasp + [0, 0, APPROACH_CLEARANCE]
+        if self.hand_in_container and np.linalg.norm((target - eef)[:2]) > DESCEND_WITHIN:
+            target[2] = max(target[2], eef[2])
         aligned = np.linalg.norm((target - eef)[:2]) < POSITION_TOLERANCE and self.yaw_error(rotation) < 0.05
-        if aligned or self.timed_out():
+        if self.hand_in_container:  # and down to the approach height before the slow descent
+            aligned = aligned and abs(target[2] - eef[2]) < 0.02
+        if (aligned and self.grasp_at_rest) or self.timed_out():
             self.enter("descend")
         return self.move(eef, rotation, target, GRIPPER_OPEN)
 
@@ -479,6 +536,8 @@ class ScriptedExpert:
         return self.move(eef, rotation, np.array([eef[0], eef[1], self.retreat_height]), GRIPPER_OPEN, speed=0.3)
 
     def finish_subgoal(self):
+        # After a place the hand may hang inside a container (a basket) whose wall it must clear.
+        self.hand_in_container = self.phase == "retreat"
         self.subgoals.pop(0)
         self.phase = None
 
