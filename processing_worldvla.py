@@ -327,8 +327,12 @@ class WorldVLAProcessor(ProcessorMixin):
 
     def action_to_token_ids(self, action, unnorm_key=None):
         """One action (action_dim,) -> [action start] bins [action end]."""
-        bins = self.action_tokenizer.encode(np.asarray(action)[None], unnorm_key)[0]
-        return [self.layout["action_start_token_id"], *bins.tolist(), self.layout["action_end_token_id"]]
+        return self.actions_to_token_ids(np.asarray(action)[None], unnorm_key)[0]
+
+    def actions_to_token_ids(self, actions, unnorm_key=None):
+        """Actions (N, action_dim) -> N blocks [action start] bins [action end], encoded in one pass."""
+        start, end = self.layout["action_start_token_id"], self.layout["action_end_token_id"]
+        return [[start, *bins, end] for bins in self.action_tokenizer.encode(actions, unnorm_key).tolist()]
 
     def decode_actions(self, bin_tokens, unnorm_key=None):
         """Bin token ids (..., action_dim) -> continuous actions (..., action_dim)."""
@@ -426,8 +430,8 @@ class WorldVLAProcessor(ProcessorMixin):
             actions = np.asarray(actions, dtype=np.float64)
             if actions.ndim != 2:
                 raise ValueError(f"actions must have shape (K, {layout['action_dim']}), got {actions.shape}")
-            for action in actions:
-                answer += self.action_to_token_ids(action, unnorm_key)
+            for block in self.actions_to_token_ids(actions, unnorm_key):
+                answer += block
             answer.append(layout["separator_token_id"])
         return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
 
@@ -445,8 +449,8 @@ class WorldVLAProcessor(ProcessorMixin):
                 f"of shape {actions.shape}"
             )
         prompt = [layout["bos_token_id"], *self.encode_text(WORLD_MODEL_PROMPT)]
-        for codes, action in zip(image_codes, actions):
-            prompt += self.image_codes_to_token_ids(codes) + self.action_to_token_ids(action, unnorm_key)
+        for codes, block in zip(image_codes, self.actions_to_token_ids(actions, unnorm_key)):
+            prompt += self.image_codes_to_token_ids(codes) + block
         prompt.append(layout["separator_token_id"])
         answer = []
         if next_image_codes is not None:

@@ -102,6 +102,8 @@ def test_mask_matches_loop_reference(small_worldvla, use_mask, padding_side):
         for row in range(4):
             expected = reference_allowed(ids[row], real[row], config)
             np.testing.assert_array_equal((mask[row, 0] == 0).numpy(), expected)
+        last_rows = build_action_attention_mask(input_ids, config, attention_mask, last_rows=3)
+        assert torch.equal(last_rows, mask[:, :, -3:])
 
 
 def test_mask_cuts_only_chunk_blocks(small_worldvla):
