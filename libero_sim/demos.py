@@ -9,7 +9,8 @@ The layout is that of the official LIBERO datasets (`<task_name>_demo.hdf5`):
         actions        (T, 7)     OSC_POSE deltas and gripper command
         states         (T, S)     flattened MuJoCo state before each action
         rewards, dones (T,)
-        obs/agentview_rgb, obs/eye_in_hand_rgb   (T, H, W, 3) uint8, raw renders (upside-down)
+        obs/agentview_rgb, obs/eye_in_hand_rgb   (T, H, W, 3) uint8, raw renders (upside-down);
+                                  the wrist camera only when it was rendered
         obs/ee_states (T, 6), obs/gripper_states (T, 2), obs/joint_states (T, 7)
 
 Demonstrations are rolled out without cameras (about 10x faster) and their frames are rendered
@@ -46,12 +47,14 @@ def replay_with_cameras(env, episode):
     Raises RuntimeError if the replay leaves the recorded trajectory (it must not: MuJoCo is
     deterministic and the same initial state is restored)."""
     obs = reset_to_initial_state(env, episode.initial_state)
-    columns = {key: [] for key in ("states", "agentview", "eye_in_hand", "ee", "gripper", "joints")}
+    cameras = {"agentview": THIRD_PERSON_CAMERA, "eye_in_hand": WRIST_CAMERA}
+    cameras = {name: camera for name, camera in cameras.items() if camera + "_image" in obs}
+    columns = {key: [] for key in ("states", *cameras, "ee", "gripper", "joints")}
     dones = []
     for action in episode.actions:
         columns["states"].append(env.get_sim_state())
-        columns["agentview"].append(obs[THIRD_PERSON_CAMERA + "_image"])
-        columns["eye_in_hand"].append(obs[WRIST_CAMERA + "_image"])
+        for name, camera in cameras.items():
+            columns[name].append(obs[camera + "_image"])
         columns["ee"].append(np.concatenate([obs["robot0_eef_pos"], axis_angle_from_quat_xyzw(obs["robot0_eef_quat"])]))
         columns["gripper"].append(obs["robot0_gripper_qpos"])
         columns["joints"].append(obs["robot0_joint_pos"])
@@ -65,8 +68,7 @@ def replay_with_cameras(env, episode):
         "states": np.asarray(columns["states"]),
         "rewards": dones.copy(),
         "dones": dones,
-        "obs/agentview_rgb": np.asarray(columns["agentview"], dtype=np.uint8),
-        "obs/eye_in_hand_rgb": np.asarray(columns["eye_in_hand"], dtype=np.uint8),
+        **{f"obs/{name}_rgb": np.asarray(columns[name], dtype=np.uint8) for name in cameras},
         "obs/ee_states": np.asarray(columns["ee"]),
         "obs/gripper_states": np.asarray(columns["gripper"]),
         "obs/joint_states": np.asarray(columns["joints"]),
@@ -81,7 +83,7 @@ def check_replay_matches(recorded_states, replayed_states):
     return difference
 
 
-def file_attributes(task, bddl_file, resolution):
+def file_attributes(task, bddl_file, resolution, camera_names=(THIRD_PERSON_CAMERA, WRIST_CAMERA)):
     """The `data` group attributes of an official LIBERO dataset file."""
     with open(bddl_file) as stream:
         bddl_content = stream.read()
@@ -96,7 +98,7 @@ def file_attributes(task, bddl_file, resolution):
         "env_kwargs": {
             "robots": ["Panda"],
             "controller": "OSC_POSE",
-            "camera_names": [THIRD_PERSON_CAMERA, WRIST_CAMERA],
+            "camera_names": list(camera_names),
             "camera_heights": resolution,
             "camera_widths": resolution,
             "control_freq": 20,
@@ -139,18 +141,23 @@ class DemoWriter:
     def part_files(self):
         return sorted(os.path.join(self.parts_dir, n) for n in os.listdir(self.parts_dir) if n.endswith(".hdf5"))
 
-    def collected_trials(self):
-        """Initial-state indices already collected, in the file and in pending parts (random
-        resets are stored as trial -1)."""
-        trials = []
+    def collected_attributes(self, name):
+        """One attribute of every demo already collected, in the file and in pending parts (None where a
+        demo lacks it)."""
+        values = []
         sources = ([self.path] if os.path.exists(self.path) else []) + self.part_files()
         for source in sources:
             with h5py.File(source, "r") as file:
-                trials += [int(group.attrs.get("trial", -1)) for group in file["data"].values()]
-        return trials
+                values += [group.attrs.get(name) for group in file["data"].values()]
+        return values
 
-    def append(self, arrays, initial_state, trial):
-        """Stores one demo as a part file; it joins the dataset at `finalize()`."""
+    def collected_trials(self):
+        """Initial-state indices already collected (random resets are stored as trial -1)."""
+        return [-1 if trial is None else int(trial) for trial in self.collected_attributes("trial")]
+
+    def append(self, arrays, initial_state, trial, random_reset=None):
+        """Stores one demo as a part file; it joins the dataset at `finalize()`. `random_reset` is the
+        index of the random reset it started from (None for one of the benchmark's initial states)."""
         number = len(self.part_files())
         final = os.path.join(self.parts_dir, f"part_{number:06d}.hdf5")
         temporary = final + ".tmp"
@@ -162,6 +169,8 @@ class DemoWriter:
             group.attrs["num_samples"] = len(arrays["actions"])
             group.attrs["init_state"] = np.asarray(initial_state)
             group.attrs["trial"] = int(trial)
+            if random_reset is not None:
+                group.attrs["random_reset"] = int(random_reset)
         os.replace(temporary, final)
 
     def finalize(self):
@@ -209,6 +218,6 @@ def read_demos(path):
     return attributes, demos
 
 
-def make_camera_env(bddl_file, resolution):
-    """The env that renders demos: third-person and wrist cameras at `resolution`."""
-    return make_env(bddl_file, camera_names=(THIRD_PERSON_CAMERA, WRIST_CAMERA), resolution=resolution)
+def make_camera_env(bddl_file, resolution, camera_names=(THIRD_PERSON_CAMERA, WRIST_CAMERA)):
+    """The env that renders demos: by default the third-person and wrist cameras at `resolution`."""
+    return make_env(bddl_file, camera_names=camera_names, resolution=resolution)
