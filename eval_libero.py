@@ -1,19 +1,22 @@
 """Closed-loop LIBERO evaluation of WorldVLA (or of the scripted expert) with the paper's protocol.
 
-    python eval_libero.py --model PATH_OR_HUB_ID --suite libero_spatial --output-dir out/spatial
-    python eval_libero.py --policy scripted --suite libero_spatial --trials 5 --output-dir out/x
+    python eval_libero.py --model PATH_OR_HUB_ID --suite libero_spatial --output-dir runs/eval/spatial
+    python eval_libero.py --policy scripted --suite libero_spatial --trials 5 --output-dir runs/eval/expert
+    python eval_libero.py --merge runs/eval/a runs/eval/b --output-dir runs/eval/all   # split runs, one summary
 
-Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env`): the
-benchmark's fixed initial states (`--trials` of the 50 per task), 10 waiting steps with
-[0,0,0,0,0,0,-1], at most 220/280/300/520/400 policy steps for spatial/object/goal/10/90; the
-third-person camera rendered at `model.config.image_size` and rotated 180 degrees, the last
-`model.config.history_frames` frames as input; each predicted chunk executed open loop; success is
-the environment's `done`. Actions are sent as decoded (no gripper binarisation).
+Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env.run_episode`): the
+benchmark's fixed initial states (`--trials`), 10 waiting steps with [0,0,0,0,0,0,-1], at most
+220/280/300/520/400 policy steps for spatial/object/goal/10/90; the third-person camera rendered at
+`model.config.image_size` and turned upright; `WorldVLAPolicy` (policy_worldvla.py) keeps the history and
+executes each predicted chunk open loop; success is the environment's `done`. Actions are sent as decoded.
 
-Outputs in `--output-dir`: `episodes.jsonl` (one line per finished episode, appended with a single
-fsync'd write; a rerun skips the episodes already there), `summary.json`, `results.md`, and with
-`--save-video` one mp4 per episode in `videos/`. An episode that raises is recorded with status
-"error" and its traceback, reported apart from failures, and retried by the next rerun.
+Outputs in `--output-dir`: `settings.json` (what decides outcomes: model, revision, un-normalisation key,
+suite, seed, step limit, ...; rerunning into the folder with other settings is an error), `episodes.jsonl` (one
+line per finished episode, appended with a single fsync'd write; a rerun skips finished episodes and retries
+those that raised), `summary.json`, `results.md` (per-task table with Wilson 95% intervals), and with
+`--save-video` one mp4 per episode in `videos/`. The headline success rate counts an episode that raised as a
+failure, as the paper does; such episodes are listed apart too. The model is loaded before the first episode,
+so a bad path or --unnorm-key stops the run at once with a nonzero exit.
 """
 
 import argparse
@@ -35,12 +38,14 @@ from libero_sim.env import (
     make_env,
     parse_task_ids,
     run_episode,
+    third_person_frame,
 )
 
 logger = logging.getLogger("eval_libero")
 
 EPISODES_FILE = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "settings.json"
 RESULTS_FILE = "results.md"
 # The scripted expert needs no camera; its videos are rendered at this size.
 SCRIPTED_VIDEO_RESOLUTION = 256
@@ -48,49 +53,27 @@ VIDEO_FPS = 20
 
 
 # Policies ---------------------------------------------------------------------------------------
-class WorldVLAPolicy:
-    """Adapter from the evaluation loop to `model.predict_action` (trust_remote_code model)."""
+class LiberoWorldVLA:
+    """A `WorldVLAPolicy` fed with the upright third-person frame of each LIBERO observation."""
 
-    def __init__(self, model_id, revision=None, unnorm_key=None, device="cpu"):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoProcessor
-
-        self.torch = torch
-        self.device = device
-        self.unnorm_key = unnorm_key
-        try:
-            model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, trust_remote_code=True)
-            self.processor = AutoProcessor.from_pretrained(model_id, revision=revision, trust_remote_code=True)
-        except OSError as error:
-            raise SystemExit(f"Could not load the model {model_id!r} (revision {revision}): {error}") from error
-        self.model = model.to(device).eval()
-        # Each query encodes its frames: on a GPU the VQ encoder must run there too (seconds per frame on a CPU).
-        self.processor.vq_model.to(device)
-        self.image_size = int(self.model.config.image_size)
-        self.history_frames = int(self.model.config.history_frames)
-        self.instruction = None
+    def __init__(self, policy):
+        self.policy = policy
+        self.image_size = policy.image_size
 
     def for_env(self, env):
         return self
 
-    def reset(self, instruction):
-        self.instruction = instruction
+    def reset(self):
+        self.policy.reset()
 
-    def act(self, observation):
-        """The next action chunk (K, 7) from the upright frames of the last env steps."""
-        inputs = self.processor(text=self.instruction, images=observation["frames"], return_tensors="pt")
-        with self.torch.no_grad():
-            actions = self.model.predict_action(
-                **inputs.to(self.device), processor=self.processor, unnorm_key=self.unnorm_key
-            )
-        return np.asarray(actions, dtype=np.float64).reshape(-1, 7)
+    def select_action(self, observation, instruction):
+        return self.policy.select_action(third_person_frame(observation), instruction)
 
 
 class ScriptedPolicy:
     """The privileged-state expert; it needs the env, so one is made per environment."""
 
     image_size = None
-    history_frames = 0
 
     def for_env(self, env):
         from libero_sim.expert import ScriptedExpert
@@ -99,9 +82,30 @@ class ScriptedPolicy:
 
 
 def load_policy(config):
+    """The policy of `config`; a model that cannot be loaded, or an --unnorm-key it lacks, stops the run."""
     if config["policy"] == "scripted":
         return ScriptedPolicy()
-    return WorldVLAPolicy(config["model"], config["revision"], config["unnorm_key"], config["device"])
+    import torch
+
+    from policy_worldvla import WorldVLAPolicy
+
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    try:
+        policy = WorldVLAPolicy.from_pretrained(
+            config["model"],
+            revision=config["revision"],
+            device=config["device"],
+            unnorm_key=config["unnorm_key"],
+            n_action_steps=config["n_action_steps"],
+            decoding=config["decoding"],
+            dtype=getattr(torch, config["dtype"]),
+        )
+    except OSError as error:
+        raise SystemExit(f"Could not load the model {config['model']!r} (revision {config['revision']}): {error}") from error
+    except ValueError as error:
+        raise SystemExit(f"The model {config['model']!r} cannot run as configured: {error}") from error
+    return LiberoWorldVLA(policy)
 
 
 # Episodes ---------------------------------------------------------------------------------------
@@ -130,14 +134,15 @@ def run_task(config, policy, task_id, trials, report):
             try:
                 np.random.seed(episode_seed(config["seed"], task_id, trial))
                 if config["policy"] == "worldvla":
-                    policy.torch.manual_seed(episode_seed(config["seed"], task_id, trial))
+                    import torch
+
+                    torch.manual_seed(episode_seed(config["seed"], task_id, trial))
                 result = run_episode(
                     env,
                     episode_policy,
                     initial_states[trial],
                     task.language,
                     config["max_steps"] or MAX_POLICY_STEPS[config["suite"]],
-                    history_frames=policy.history_frames,
                     record=config["save_video"],
                 )
                 record.update(status="success" if result.success else "failure", success=result.success)
@@ -224,8 +229,9 @@ def latest_by_episode(records):
     return {(record["task_id"], record["trial"]): record for record in records}
 
 
-def summarize(records, config, task_names):
-    """Per-task and per-suite counts; the success rate excludes episodes that errored."""
+def summarize(records, settings, task_names):
+    """Per-task and per-suite counts. The headline success rate counts an episode that raised as a failure, as
+    the paper does; errors are also counted apart, and `success_rate_judged` leaves them out."""
     latest = latest_by_episode(records)
     tasks = {}
     for task_id, task_name in task_names.items():
@@ -233,27 +239,42 @@ def summarize(records, config, task_names):
         successes = sum(r["status"] == "success" for r in episodes)
         failures = sum(r["status"] == "failure" for r in episodes)
         errors = sum(r["status"] == "error" for r in episodes)
-        judged = successes + failures
         tasks[str(task_id)] = {
             "task_name": task_name,
             "episodes": len(episodes),
             "successes": successes,
             "failures": failures,
             "errors": errors,
-            "success_rate": successes / judged if judged else None,
+            "success_rate": successes / len(episodes) if episodes else None,
+            "success_rate_judged": successes / (successes + failures) if successes + failures else None,
+            "wilson_95": wilson_interval(successes, len(episodes)),
+            "error_trials": sorted(r["trial"] for r in episodes if r["status"] == "error"),
             "mean_seconds": float(np.mean([r["seconds"] for r in episodes])) if episodes else None,
         }
     successes = sum(t["successes"] for t in tasks.values())
-    judged = successes + sum(t["failures"] for t in tasks.values())
+    episodes = sum(t["episodes"] for t in tasks.values())
+    errors = sum(t["errors"] for t in tasks.values())
     return {
-        "config": {key: config[key] for key in ("policy", "model", "revision", "unnorm_key", "suite", "trials", "seed", "max_steps")},
-        "suite": config["suite"],
-        "success_rate": successes / judged if judged else None,
+        "settings": settings,
+        "suite": settings["suite"],
+        "success_rate": successes / episodes if episodes else None,
+        "success_rate_judged": successes / (episodes - errors) if episodes - errors else None,
+        "wilson_95": wilson_interval(successes, episodes),
         "successes": successes,
-        "judged_episodes": judged,
-        "errors": sum(t["errors"] for t in tasks.values()),
+        "episodes": episodes,
+        "errors": errors,
         "tasks": tasks,
     }
+
+
+def wilson_interval(successes, trials, z=1.959964):
+    """Wilson score interval of a success rate (95% by default): [low, high], None without trials."""
+    if not trials:
+        return None
+    rate = successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
 def write_atomically(path, text):
@@ -266,22 +287,32 @@ def results_table(summary):
     def rate(value):
         return "-" if value is None else f"{100 * value:.1f}%"
 
-    lines = [
-        f"# {summary['suite']}: {summary['config']['policy']} policy",
+    def interval(bounds):
+        return "-" if bounds is None else f"{100 * bounds[0]:.0f}-{100 * bounds[1]:.0f}%"
+
+    settings = summary["settings"]
+    lines = [f"# {summary['suite']}: {settings['policy']} policy", ""]
+    lines += [f"- {name}: `{value}`" for name, value in settings.items() if value is not None and name != "suite"]
+    lines += [
         "",
-        "| task | name | success rate | successes | failures | errors | mean s/episode |",
-        "|---|---|---|---|---|---|---|",
+        "Success rate: episodes that raised count as failures (the paper's rule); they are also listed apart.",
+        "",
+        "| task | name | success rate | 95% interval | successes | failures | errors | mean s/episode |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task_id, task in summary["tasks"].items():
         seconds = "-" if task["mean_seconds"] is None else f"{task['mean_seconds']:.1f}"
         lines.append(
-            f"| {task_id} | {task['task_name']} | {rate(task['success_rate'])} | {task['successes']} "
-            f"| {task['failures']} | {task['errors']} | {seconds} |"
+            f"| {task_id} | {task['task_name']} | {rate(task['success_rate'])} | {interval(task['wilson_95'])} "
+            f"| {task['successes']} | {task['failures']} | {task['errors']} | {seconds} |"
         )
     lines.append(
-        f"| **suite** | {summary['suite']} | **{rate(summary['success_rate'])}** | {summary['successes']} "
-        f"| {summary['judged_episodes'] - summary['successes']} | {summary['errors']} | |"
+        f"| **suite** | {summary['suite']} | **{rate(summary['success_rate'])}** | {interval(summary['wilson_95'])} "
+        f"| {summary['successes']} | {summary['episodes'] - summary['successes'] - summary['errors']} | {summary['errors']} | |"
     )
+    errored = {task_id: task["error_trials"] for task_id, task in summary["tasks"].items() if task["error_trials"]}
+    if errored:
+        lines += ["", "Episodes that raised (task: trials): " + "; ".join(f"{t}: {v}" for t, v in errored.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -299,52 +330,143 @@ def work_units(pending, num_workers):
     return units
 
 
+# What decides an episode's outcome: a results folder holds episodes of one set of these only.
+OUTCOME_SETTINGS = ("policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype")
+
+
+def parse_trials(spec, num_states):
+    """Initial-state ids from "N" (the first N), or ids and ranges such as "40-49" or "0,5,7" (a single id: "7,")."""
+    spec = str(spec).strip()
+    try:
+        if spec.isdigit():
+            trials = list(range(int(spec)))
+        else:
+            trials = []
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                first, _, last = part.partition("-")
+                trials += list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ValueError(f"Bad --trials {spec!r}: a count N, or ids and ranges such as 40-49 or 0,5,7") from None
+    if not trials:
+        raise ValueError(f"--trials {spec!r} names no initial state")
+    outside = [t for t in trials if not 0 <= t < num_states]
+    if outside:
+        raise ValueError(f"--trials {spec!r}: initial states {outside[:5]} do not exist (the benchmark has 0 to {num_states - 1})")
+    return sorted(set(trials))
+
+
+def outcome_settings(config):
+    """The settings recorded with the results: what decides outcomes plus how the run was made."""
+    settings = {name: config.get(name) for name in OUTCOME_SETTINGS}
+    if config["policy"] == "worldvla":
+        settings.update(
+            unnorm_key=config["resolved_unnorm_key"],
+            model_resolved=config.get("model_resolved"),
+            max_steps=config["max_steps"],
+        )
+    settings["max_policy_steps"] = config["max_steps"] or MAX_POLICY_STEPS[config["suite"]]
+    settings["device"] = config.get("device")
+    settings["rendering"] = os.environ.get("MUJOCO_GL")
+    return settings
+
+
+def check_settings(output_dir, settings):
+    """Records the settings in a new results folder; a folder of other settings is an error naming them."""
+    path = output_dir / SETTINGS_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        different = {k: (recorded.get(k), settings.get(k)) for k in OUTCOME_SETTINGS if recorded.get(k) != settings.get(k)}
+        if different:
+            raise SystemExit(
+                f"{output_dir} holds episodes run with other settings {different} (recorded, now): use another "
+                "--output-dir, or the recorded settings to resume"
+            )
+    else:
+        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
 def evaluate(config):
     output_dir = Path(config["output_dir"])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    episodes_path = output_dir / EPISODES_FILE
     suite = get_suite(config["suite"])
     task_ids = parse_task_ids(config["tasks"], suite.n_tasks)
     num_states = min(len(suite.get_task_init_states(t)) for t in task_ids)
-    if not 1 <= config["trials"] <= num_states:
-        raise ValueError(f"--trials must be between 1 and {num_states} (the benchmark's initial states).")
+    trials = parse_trials(config["trials"], num_states)
     task_names = {task_id: suite.get_task(task_id).name for task_id in task_ids}
+    # The policy is loaded before any episode: a bad model path or --unnorm-key stops here with a nonzero exit.
+    policy = load_policy(config)
+    if config["policy"] == "worldvla":
+        config["resolved_unnorm_key"] = policy.policy.unnorm_key
+        config["model_resolved"] = getattr(policy.policy.model.config, "_name_or_path", None)
+    settings = outcome_settings(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(output_dir, settings)
+    episodes_path = output_dir / EPISODES_FILE
 
     records = read_episodes(episodes_path)
     done = {key for key, r in latest_by_episode(records).items() if r["status"] in ("success", "failure")}
-    pending = [(t, trial) for t in task_ids for trial in range(config["trials"]) if (t, trial) not in done]
-    logger.info("%d episodes to run, %d already finished in %s", len(pending), len(done), episodes_path)
+    wanted = {(t, trial) for t in task_ids for trial in trials}
+    pending = sorted(wanted - done)
+    logger.info("%d episodes to run, %d already finished in %s", len(pending), len(wanted & done), episodes_path)
 
     from tqdm import tqdm
 
     progress = tqdm(total=len(pending), desc=config["suite"], unit="episode")
-    wanted = {(t, trial) for t in task_ids for trial in range(config["trials"])}
 
     def report(record):
         append_episode(episodes_path, record)
         records.append(record)
         if record["status"] == "error":
             logger.error("Task %d trial %d raised:\n%s", record["task_id"], record["trial"], record["error"])
-        judged = [r for k, r in latest_by_episode(records).items() if k in wanted and r["status"] != "error"]
-        rate = np.mean([r["success"] for r in judged]) if judged else 0.0
+        finished = [r for k, r in latest_by_episode(records).items() if k in wanted]
+        rate = np.mean([r["success"] for r in finished]) if finished else 0.0
         progress.set_postfix(success=f"{100 * rate:.1f}%")
         progress.update(1)
 
     units = work_units(pending, config["num_workers"])
     if config["num_workers"] == 1 or len(units) <= 1:
-        policy = load_policy(config) if units else None
-        for task_id, trials in units:
-            run_task(config, policy, task_id, trials, report)
+        for task_id, unit_trials in units:
+            run_task(config, policy, task_id, unit_trials, report)
     else:
+        del policy  # each worker loads its own
         run_in_workers(config, units, report)
     progress.close()
 
     relevant = [r for r in records if (r["task_id"], r["trial"]) in wanted]
-    summary = summarize(relevant, config, task_names)
+    return write_summary(output_dir, relevant, settings, task_names)
+
+
+def write_summary(output_dir, records, settings, task_names):
+    summary = summarize(records, settings, task_names)
     write_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     table = results_table(summary)
     write_atomically(output_dir / RESULTS_FILE, table)
     return summary, table
+
+
+def merge_results(folders, output_dir):
+    """One summary of several results folders of the same settings (an evaluation split over machines)."""
+    settings, records, task_names = None, [], {}
+    for folder in map(Path, folders):
+        path = folder / SETTINGS_FILE
+        if not path.is_file():
+            raise SystemExit(f"{folder} is not a results folder of eval_libero.py (no {SETTINGS_FILE})")
+        these = json.loads(path.read_text())
+        if settings is None:
+            settings = these
+        different = {k: (settings.get(k), these.get(k)) for k in OUTCOME_SETTINGS if settings.get(k) != these.get(k)}
+        if different:
+            raise SystemExit(f"{folder} was run with other settings than {folders[0]}: {different}")
+        folder_records = read_episodes(folder / EPISODES_FILE)
+        records += folder_records
+        task_names.update({r["task_id"]: r["task_name"] for r in folder_records})
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(output_dir, settings)
+    # One record per episode; a finished one wins over one that raised, wherever it comes from.
+    records.sort(key=lambda record: record["status"] != "error")
+    merged = sorted(latest_by_episode(records).values(), key=lambda r: (r["task_id"], r["trial"]))
+    write_atomically(output_dir / EPISODES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
+    return write_summary(output_dir, merged, settings, dict(sorted(task_names.items())))
 
 
 def run_in_workers(config, units, report):
@@ -381,33 +503,44 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the module docstring kept as written."""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="local path or Hugging Face Hub id of a WorldVLA checkpoint")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", help="local folder or Hugging Face Hub id of a WorldVLA checkpoint")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--unnorm-key", default=None, help="action statistics to un-normalise with (default: the processor's)")
-    parser.add_argument("--policy", choices=("worldvla", "scripted"), default="worldvla")
-    parser.add_argument("--suite", choices=SUITES, default="libero_spatial")
+    parser.add_argument("--policy", choices=("worldvla", "scripted"), default="worldvla", help="the model, or the privileged-state expert")
+    parser.add_argument("--suite", choices=SUITES, default="libero_spatial", help="LIBERO suite")
     parser.add_argument("--tasks", default="all", help="comma-separated task ids, or 'all'")
-    parser.add_argument("--trials", type=int, default=50, help="initial states per task (the benchmark has 50)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", required=True, help="results folder; rerunning with it resumes")
+    parser.add_argument("--trials", default="50", help="initial states per task: N (the first N of the benchmark's 50), or ids and ranges (40-49, 0,5,7)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of each episode's random generators")
+    parser.add_argument("--output-dir", help="results folder; rerunning with it resumes")
     parser.add_argument("--save-video", action="store_true", help="write an mp4 per episode")
     parser.add_argument("--num-workers", type=int, default=1, help="episodes run in parallel processes")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="override the suite's policy-step limit (smoke tests only: reported numbers use the protocol's)",
-    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs; auto: CUDA when present")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights dtype (the VQ stays float32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--n-action-steps", type=int, default=None, help="actions of a chunk executed before the next query (default: all K, the paper's open loop)")
+    parser.add_argument("--decoding", choices=("parallel", "sequential"), default="parallel", help="how a chunk's action tokens are decoded")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the suite's policy-step limit (smoke tests only: reported numbers use the protocol's)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_DIR", help="instead of running: merge these results folders into --output-dir")
     args = parser.parse_args(argv)
+    if not args.output_dir:
+        parser.error("--output-dir is required")
+    if args.merge:
+        return args
     if args.policy == "worldvla" and not args.model:
         parser.error("--model is required with --policy worldvla")
+    if args.policy == "worldvla" and not Path(args.model).exists() and (args.model.startswith((".", "/", "~")) or args.model.count("/") > 1):
+        parser.error(f"--model {args.model}: no such folder (and not a Hub id of the form owner/name)")
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
     try:
         parse_task_ids(args.tasks, 90 if args.suite == "libero_90" else 10)
+        parse_trials(args.trials, 50)
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -420,9 +553,13 @@ def configure_logging():
 def main(argv=None):
     configure_logging()
     args = parse_args(argv)
+    if args.merge:
+        summary, table = merge_results(args.merge, args.output_dir)
+        print(table)
+        return summary
     config = vars(args).copy()
-    if config["policy"] == "worldvla" and config["device"] == "auto":
-        config["device"] = default_device()
+    if config["device"] == "auto":
+        config["device"] = default_device() if config["policy"] == "worldvla" else "cpu"
     summary, table = evaluate(config)
     print(table)
     return summary

@@ -17,6 +17,7 @@ An image is [start][grid H][grid W] (W/16 codes, row end) x H/16 rows [end].
 """
 
 import copy
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -45,6 +46,40 @@ LIBERO_ACTION_STATISTICS = {
 }
 DEFAULT_UNNORM_KEY = "libero"
 NORMALIZATION_EPSILON = 1e-8
+
+
+IMAGE_CONVENTIONS = ("opengl", "opencv")
+
+
+def upright_frames(frames, convention="opengl"):
+    """Frames (..., H, W, 3) turned upright. MuJoCo renders in the OpenGL convention (rows bottom-up, LIBERO's
+    `macros_image_convention = "opengl"`, the official HDF5 files included): a 180-degree rotation, as the
+    release does. "opencv" frames are already upright. The one orientation rule of the project: the policy's
+    camera frames and the stored demos go through it alike."""
+    if convention not in IMAGE_CONVENTIONS:
+        raise ValueError(f"unknown image convention {convention!r}: expected one of {IMAGE_CONVENTIONS}")
+    frames = np.asarray(frames)
+    if convention == "opencv":
+        return frames
+    return np.ascontiguousarray(frames[..., ::-1, ::-1, :])
+
+
+def vq_fingerprint(vq_model):
+    """sha256 of a VQ model's weights: the identity of an image tokenizer (its codes change with any weight)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vq_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def history_indices(step, history_frames):
+    """Steps whose frames an action sample at `step` sees, oldest first: the last `history_frames` steps that
+    exist, so the first step of an episode has one frame and nothing is duplicated (the release's rule, used
+    both to build training samples and by `WorldVLAPolicy` at run time)."""
+    if step < 0 or history_frames < 1:
+        raise ValueError(f"history of step {step} with {history_frames} frames")
+    return range(max(0, step - history_frames + 1), step + 1)
 
 
 def build_text_tokenizer(texts, vocab_size=512):
@@ -296,12 +331,28 @@ class WorldVLAProcessor(ProcessorMixin):
             default_unnorm_key=processor_dict["default_unnorm_key"],
         )
 
-    def check_compatible(self, config):
-        """Raise if this processor and a model config disagree on a token id or size."""
+    def check_compatible(self, config, check_weights=False):
+        """Raise if this processor does not belong to a model config: a token id or size differs, or what the
+        model records of the processor it was trained with (`action_statistics_keys`; with `check_weights`,
+        `vq_fingerprint`, the sha256 of the VQ weights) does not match. Checkpoints without those records are
+        checked on the layout only."""
         expected = config.processor_layout()
         different = {name: (self.layout[name], value) for name, value in expected.items() if self.layout[name] != value}
         if different:
             raise ValueError(f"processor and model disagree on {different} (processor value, model value)")
+        missing = [key for key in getattr(config, "action_statistics_keys", None) or () if key not in self.action_statistics]
+        if missing:
+            raise ValueError(
+                f"the model was trained with action statistics {missing} that this processor lacks (it has "
+                f"{sorted(self.action_statistics)}): load the processor saved with the model"
+            )
+        recorded = getattr(config, "vq_fingerprint", None)
+        if check_weights and recorded and recorded != vq_fingerprint(self.vq_model):
+            raise ValueError(
+                "this processor's VQ image tokenizer is not the one the model was trained with (its weights' sha256 "
+                f"differs from the model's vq_fingerprint {recorded[:12]}...): its codes would mean nothing to the "
+                "model; load the processor saved with the model"
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Actions

@@ -2,7 +2,8 @@
 
     folder of <task>_demo.hdf5 files (one task each, official LIBERO layout)
       │ read_libero_file: one episode per data/demo_N, validated (errors name the file and demo);
-      │ no-op actions dropped with their frames; agentview frames rotated 180 degrees; resized if needed
+      │ no-op actions dropped with their frames; agentview frames turned upright by the file's
+      │ macros_image_convention (opengl: rotated 180 degrees); resized, with a warning, if stored at another size
       ▼
     tokenised_episodes: one `datasets` row per episode {task, instruction, demo, codes (T, h, w), actions (T, 7)},
       cached on disk per file under a fingerprint of (file path, size, mtime, VQ weights, image size, rules)
@@ -15,8 +16,8 @@
 
 The release's rules followed here (worldvla/data/action_model_conv_generation.py and
 world_model_conv_generation.py of alibaba-damo-academy/WorldVLA):
-  * history at the start of an episode: the frames that exist, `frames[max(0, t - M + 1) : t + 1]`, so the
-    first sample of an episode has one frame (the evaluation loop starts the same way); nothing duplicated;
+  * history at the start of an episode: the frames that exist (`processing_worldvla.history_indices`, the rule
+    `WorldVLAPolicy` follows at run time), so the first sample of an episode has one frame; nothing duplicated;
   * a step whose K future actions run past the end of the episode gives no action sample;
   * world-model samples for every t < T - 1;
   * task split at ceil(0.9 * tasks), episode split at ceil(0.9 * episodes) per task, in sorted order.
@@ -38,10 +39,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from processing_worldvla import IMAGE_CONVENTIONS, history_indices, upright_frames, vq_fingerprint
+
 logger = logging.getLogger(__name__)
 
 # Bump when the episode rows change meaning, so old caches are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 NOOP_THRESHOLD = 1e-4
 THIRD_PERSON_FRAMES = "obs/agentview_rgb"
 REQUIRED_DEMO_KEYS = ("actions", THIRD_PERSON_FRAMES)
@@ -95,11 +98,6 @@ def keep_mask_without_noops(actions, threshold=NOOP_THRESHOLD):
     return keep
 
 
-def upright(frames):
-    """LIBERO stores agentview frames upside-down (OpenGL rows): rotate by 180 degrees, (T, H, W, 3)."""
-    return np.ascontiguousarray(frames[:, ::-1, ::-1])
-
-
 def resize_frames(frames, image_size):
     """(T, H, W, 3) uint8 -> (T, image_size, image_size, 3), PIL bicubic; untouched when already that size."""
     if frames.shape[1:3] == (image_size, image_size):
@@ -107,6 +105,15 @@ def resize_frames(frames, image_size):
     return np.stack(
         [np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BICUBIC)) for frame in frames]
     )
+
+
+def read_image_convention(file, path):
+    """The file's `macros_image_convention` ("opengl": stored upside-down, LIBERO's default; "opencv": upright)."""
+    convention = file["data"].attrs.get("macros_image_convention", "opengl")
+    convention = convention.decode() if isinstance(convention, bytes) else str(convention)
+    if convention not in IMAGE_CONVENTIONS:
+        raise LiberoDataError(f"{path}: data.attrs['macros_image_convention'] is {convention!r}, expected one of {IMAGE_CONVENTIONS}")
+    return convention
 
 
 def read_instruction(file, path):
@@ -146,33 +153,33 @@ def read_libero_file(path, image_size):
         if "data" not in file:
             raise LiberoDataError(f"{path}: no 'data' group (not a LIBERO demonstration file)")
         instruction = read_instruction(file, path)
+        convention = read_image_convention(file, path)
         demos = sorted((name for name in file["data"] if demo_number(name) is not None), key=demo_number)
         if not demos:
             raise LiberoDataError(f"{path}: no data/demo_N groups")
+        warned = False
         for demo in demos:
             actions, frames = read_demo(file["data"][demo], path, demo)
+            if frames.shape[1:3] != (image_size, image_size) and not warned:
+                logger.warning(
+                    "%s: frames are stored at %dx%d, the model takes %dx%d: resizing (bicubic); frames rendered at "
+                    "the model's size match the evaluation better (scripts/collect_demos.py --resolution)",
+                    path, frames.shape[1], frames.shape[2], image_size, image_size,
+                )
+                warned = True
             keep = keep_mask_without_noops(actions)
             yield {
                 "instruction": instruction,
                 "demo": demo,
                 "raw_length": len(actions),
                 "actions": actions[keep],
-                "frames": resize_frames(upright(frames[keep]), image_size),
+                "frames": resize_frames(upright_frames(frames[keep], convention), image_size),
             }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Tokenising with a cache
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def vq_fingerprint(vq_model):
-    """sha256 of the VQ weights: new weights give new codes, so a new cache."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vq_model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def file_fingerprint(path, image_size, vq_hash):
@@ -351,7 +358,7 @@ class WorldVLASamples(torch.utils.data.Dataset):
         kind, episode_index, t = self.index[item]
         episode = self.episodes[episode_index]
         if kind == "action":
-            history = episode.codes[max(0, t - self.history_frames + 1) : t + 1]
+            history = episode.codes[list(history_indices(t, self.history_frames))]
             actions = episode.actions[t : t + self.chunk_size]
             return self.processor.build_action_sample(episode.instruction, list(history), actions, self.unnorm_key)
         return self.processor.build_world_model_sample(

@@ -18,7 +18,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -40,6 +39,7 @@ MAX_POLICY_STEPS = {
 NUM_WAIT_STEPS = 10
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 CONTROL_FREQUENCY_HZ = 20
+ACTION_DIM = 7  # OSC_POSE deltas (xyz, axis-angle) and the gripper command
 THIRD_PERSON_CAMERA = "agentview"
 WRIST_CAMERA = "robot0_eye_in_hand"
 DEFAULT_CONFIG_DIR = Path.home() / ".cache" / "worldvla" / "libero"
@@ -175,8 +175,10 @@ def reset_to_initial_state(env, initial_state):
 
 
 def third_person_frame(obs):
-    """The agentview image upright: raw MuJoCo renders are upside-down (OpenGL convention)."""
-    return np.ascontiguousarray(obs[THIRD_PERSON_CAMERA + "_image"][::-1, ::-1])
+    """The agentview image of an observation, upright (raw renders are in the OpenGL convention)."""
+    from processing_worldvla import upright_frames
+
+    return upright_frames(obs[THIRD_PERSON_CAMERA + "_image"], "opengl")
 
 
 @dataclass
@@ -192,54 +194,43 @@ class EpisodeResult:
     video_frames: list = field(default_factory=list)  # upright third-person frames
 
 
-def run_episode(env, policy, initial_state, instruction, max_policy_steps, history_frames=0, record=False):
+def run_episode(env, policy, initial_state, instruction, max_policy_steps, record=False):
     """The evaluation protocol, shared by every policy.
 
-    Resets to `initial_state`, sends `NUM_WAIT_STEPS` dummy actions, then queries
-    `policy.act({"state": obs, "frames": frames})` and executes the whole returned chunk open loop
-    before querying again, for at most `max_policy_steps` env steps. Success is the env's `done`.
+    Resets to `initial_state`, sends `NUM_WAIT_STEPS` dummy actions, calls `policy.reset()`, then asks
+    `policy.select_action(observation, instruction)` for one action per env step (LIBERO's observation dict;
+    a policy with an action queue executes its chunks open loop), for at most `max_policy_steps` steps.
+    Success is the env's `done`. An action that is not `ACTION_DIM` finite numbers raises.
 
-    `frames` holds the upright third-person frames of the last `history_frames` policy steps, the
-    current one last. As in the authors' evaluation (`eval_solver_libero_256.py`), the history starts
-    after the waiting steps: the first query sees the current frame alone, later ones the frame of the
-    previous env step too (the model was trained the same way on the first steps of each episode).
-    With `record`, actions, states and video frames are kept.
+    As in the authors' evaluation (`eval_solver_libero_256.py`), the policy's history starts after the waiting
+    steps: it is reset then, so its first query sees the current frame alone. With `record`, actions, states
+    and the upright third-person frames are kept.
     """
     result = EpisodeResult(initial_state=np.asarray(initial_state))
     camera_key = THIRD_PERSON_CAMERA + "_image"
-    history = deque(maxlen=max(history_frames, 1))
-
-    def observe(obs):
-        if camera_key in obs:
-            frame = third_person_frame(obs)
-            history.append(frame)
-            if record:
-                result.video_frames.append(frame)
 
     def step(action):
         if record:
             result.states.append(env.get_sim_state())
             result.actions.append(np.asarray(action, dtype=np.float64))
         obs, _, done, _ = env.step(action)
-        observe(obs)
+        if record and camera_key in obs:
+            result.video_frames.append(third_person_frame(obs))
         return obs, done
 
     obs = reset_to_initial_state(env, initial_state)
-    observe(obs)
+    if record and camera_key in obs:
+        result.video_frames.append(third_person_frame(obs))
     for _ in range(NUM_WAIT_STEPS):
         obs, _ = step(WAIT_ACTION)
-    after_waiting = list(history)[-1:]
-    history.clear()
-    history.extend(after_waiting)
-    policy.reset(instruction)
+    policy.reset()
     while result.policy_steps < max_policy_steps:
-        frames = list(history)
-        for action in policy.act({"state": obs, "frames": frames}):
-            obs, done = step(action)
-            result.policy_steps += 1
-            if done:
-                result.success = True
-                return result
-            if result.policy_steps >= max_policy_steps:
-                break
+        action = np.asarray(policy.select_action(obs, instruction), dtype=np.float64)
+        if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
+            raise ValueError(f"the policy returned {action.tolist()!r}; an action is {ACTION_DIM} finite numbers")
+        obs, done = step(action)
+        result.policy_steps += 1
+        if done:
+            result.success = True
+            break
     return result

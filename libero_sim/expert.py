@@ -271,10 +271,9 @@ class ScriptedExpert:
         """The environment's own judgement of one goal predicate."""
         return bool(self.inner._eval_predicate(list(predicate)))
 
-    def act(self, observation):
-        """A chunk of one 7-D action: the next proportional move of the current phase."""
-        state = observation["state"] if "state" in observation else observation
-        return self.next_action(state)[None]
+    def select_action(self, observation, instruction=None):
+        """The next 7-D action from LIBERO's observation dict: a proportional move of the current phase."""
+        return self.next_action(observation)
 
     # Motion primitives ----------------------------------------------------------------------
     def next_action(self, state):

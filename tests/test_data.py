@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import worldvla_data
-from processing_worldvla import IGNORE_INDEX
+from processing_worldvla import IGNORE_INDEX, upright_frames
 
 try:
     from tests.libero_hdf5_fixture import synthetic_actions, synthetic_frames, write_libero_folder, write_libero_hdf5
@@ -55,7 +55,7 @@ def test_noop_filter_on_a_known_example():
 
 def test_third_person_frames_are_rotated_180_degrees(tmp_path):
     frame = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
-    rotated = worldvla_data.upright(frame)
+    rotated = upright_frames(frame)
     assert rotated[0, 0, 0].tolist() == frame[0, 1, 2].tolist()
     assert rotated[0, 1, 2].tolist() == frame[0, 0, 0].tolist()
     assert np.array_equal(rotated, np.rot90(frame, 2, axes=(1, 2)))
@@ -66,13 +66,30 @@ def test_third_person_frames_are_rotated_180_degrees(tmp_path):
     assert np.array_equal(episode["frames"], synthetic_frames(6, 64, 3000))
 
 
-def test_frames_are_resized_only_when_needed(tmp_path):
+def test_opencv_convention_files_are_read_as_stored(tmp_path):
+    path = write_libero_hdf5(tmp_path / "task_demo.hdf5", "open the drawer", num_demos=1, num_steps=4, seed=3)
+    with h5py.File(path, "a") as file:
+        stored = file["data/demo_0/obs/agentview_rgb"][()]
+        file["data"].attrs["macros_image_convention"] = "opencv"
+    episode = next(worldvla_data.read_libero_file(path, image_size=64))
+    assert np.array_equal(episode["frames"], stored)
+    with h5py.File(path, "a") as file:
+        file["data"].attrs["macros_image_convention"] = "directx"
+    with pytest.raises(worldvla_data.LiberoDataError, match="task_demo.hdf5.*macros_image_convention.*directx"):
+        next(worldvla_data.read_libero_file(path, image_size=64))
+
+
+def test_frames_are_resized_only_when_needed_with_a_warning(tmp_path, caplog):
     frames = synthetic_frames(2, 64, 0)
     assert worldvla_data.resize_frames(frames, 64) is frames
     resized = worldvla_data.resize_frames(synthetic_frames(2, 128, 0), 64)
     assert resized.shape == (2, 64, 64, 3) and resized.dtype == np.uint8
     path = write_libero_hdf5(tmp_path / "big_demo.hdf5", "open the drawer", num_demos=1, num_steps=4, image_size=128)
     assert next(worldvla_data.read_libero_file(path, image_size=64))["frames"].shape == (4, 64, 64, 3)
+    assert "big_demo.hdf5: frames are stored at 128x128, the model takes 64x64" in caplog.text
+    caplog.clear()
+    next(worldvla_data.read_libero_file(write_libero_hdf5(tmp_path / "small_demo.hdf5", "x", num_demos=1, num_steps=4), image_size=64))
+    assert "resizing" not in caplog.text
 
 
 def test_noop_steps_are_dropped_with_their_frames(tmp_path):

@@ -1,4 +1,5 @@
-"""eval_libero.py: results files, resume, a truncated JSONL line, and a WorldVLA checkpoint in the loop."""
+"""eval_libero.py: results files and their settings, resume, a truncated JSONL line, errors counted as failures,
+trial ranges and merging, early failures for bad inputs, and a WorldVLA checkpoint in the loop."""
 
 import json
 import os
@@ -11,9 +12,9 @@ pytest.importorskip("libero")
 import eval_libero  # noqa: E402
 
 
-def run(output_dir, trials):
+def run(output_dir, trials, *extra):
     return eval_libero.main(["--policy", "scripted", "--suite", "libero_spatial", "--tasks", "0",
-                             "--trials", str(trials), "--output-dir", str(output_dir)])
+                             "--trials", str(trials), "--output-dir", str(output_dir), *extra])
 
 
 def lines(path):
@@ -36,7 +37,17 @@ def test_results_files(first_run):
     on_disk = json.loads((output_dir / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert on_disk["tasks"]["0"]["success_rate"] == 1.0 and on_disk["success_rate"] == 1.0
-    assert "| 0 | pick_up_the_black_bowl" in (output_dir / "results.md").read_text()
+    assert on_disk["wilson_95"] == pytest.approx([0.2065, 1.0], abs=1e-4)  # 1 of 1: Wilson's closed form
+    settings = json.loads((output_dir / "settings.json").read_text())
+    assert settings["policy"] == "scripted" and settings["max_policy_steps"] == 220 and settings["rendering"]
+    table = (output_dir / "results.md").read_text()
+    assert "| 0 | pick_up_the_black_bowl" in table and "max_policy_steps: `220`" in table
+
+
+def test_rerun_with_other_settings_is_refused(first_run):
+    output_dir, _ = first_run
+    with pytest.raises(SystemExit, match="max_steps"):
+        run(output_dir, 1, "--max-steps", "30")
 
 
 def test_rerun_skips_finished_and_recovers_a_truncated_line(first_run):
@@ -61,7 +72,55 @@ def test_crashing_episode_is_recorded_as_error(tmp_path, monkeypatch):
     summary = run(tmp_path, trials=1)
     record = lines(tmp_path / "episodes.jsonl")[0]
     assert record["status"] == "error" and "simulated crash" in record["error"]
-    assert summary["errors"] == 1 and summary["tasks"]["0"]["success_rate"] is None
+    # The paper's rule: an episode that raised is a failure in the headline rate, and is listed apart.
+    assert summary["success_rate"] == 0.0 and summary["episodes"] == 1
+    assert summary["errors"] == 1 and summary["success_rate_judged"] is None
+    assert summary["tasks"]["0"]["error_trials"] == [0]
+    assert "Episodes that raised (task: trials): 0: [0]" in (tmp_path / "results.md").read_text()
+
+
+def test_an_empty_or_malformed_chunk_raises_instead_of_looping():
+    from libero_sim import env as libero_env
+
+    class Broken:
+        def __init__(self, action):
+            self.action = action
+
+        def reset(self):
+            pass
+
+        def select_action(self, observation, instruction):
+            return self.action
+
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=())
+    try:
+        for action in ([], [0.0] * 6, [float("nan")] * 7):
+            with pytest.raises(ValueError, match="an action is 7 finite numbers"):
+                libero_env.run_episode(env, Broken(action), suite.get_task_init_states(0)[0], "x", 5)
+    finally:
+        env.close()
+
+
+def test_trial_specs():
+    assert eval_libero.parse_trials("3", 50) == [0, 1, 2]
+    assert eval_libero.parse_trials("40-42", 50) == [40, 41, 42]
+    assert eval_libero.parse_trials("0,5,7", 50) == [0, 5, 7]
+    assert eval_libero.parse_trials("7,", 50) == [7]
+    with pytest.raises(ValueError, match="do not exist"):
+        eval_libero.parse_trials("48-52", 50)
+    with pytest.raises(ValueError, match="Bad --trials"):
+        eval_libero.parse_trials("a-b", 50)
+
+
+def test_split_runs_merge_into_one_summary(first_run, tmp_path):
+    output_dir, _ = first_run
+    run(tmp_path / "second", "1,")
+    summary = eval_libero.main(["--merge", str(output_dir), str(tmp_path / "second"), "--output-dir", str(tmp_path / "all")])
+    assert summary["episodes"] == 2 and summary["successes"] == 2
+    assert sorted(r["trial"] for r in lines(tmp_path / "all" / "episodes.jsonl")) == [0, 1]
+    with pytest.raises(SystemExit, match="no settings.json"):
+        eval_libero.main(["--merge", str(tmp_path), "--output-dir", str(tmp_path / "x")])
 
 
 def test_cli_errors_name_the_problem(capsys):
@@ -74,33 +133,64 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_nope", "--output-dir", "x"])
     assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--model", "./no/such/folder", "--output-dir", "x"])
+    assert "no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--policy", "scripted", "--trials", "0-60", "--output-dir", "x"])
+    assert "do not exist" in capsys.readouterr().err
 
 
-def test_worldvla_checkpoint_runs_through_the_protocol(tmp_path, monkeypatch):
-    """A small random WorldVLA (64-px frames) drives the simulator: its chunks are executed open loop, the first
-    query sees one frame and the later ones the previous step's frame too."""
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
     from scripts.build_small_checkpoint import build_small_worldvla
 
+    folder = tmp_path_factory.mktemp("checkpoint")
     model, processor = build_small_worldvla(seed=0)
-    model.save_pretrained(tmp_path / "checkpoint")
-    processor.save_pretrained(tmp_path / "checkpoint")
-    queries = []
-    act = eval_libero.WorldVLAPolicy.act
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
-    def recording_act(self, observation):
-        queries.append([frame.shape for frame in observation["frames"]])
-        return act(self, observation)
 
-    monkeypatch.setattr(eval_libero.WorldVLAPolicy, "act", recording_act)
+def test_a_bad_unnorm_key_stops_before_the_first_episode(small_checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match="unnorm_key 'bridge' has no action statistics"):
+        eval_libero.main(["--model", str(small_checkpoint), "--unnorm-key", "bridge", "--tasks", "0", "--trials", "1",
+                          "--device", "cpu", "--output-dir", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval" / "episodes.jsonl").exists()
+
+
+def test_worldvla_checkpoint_runs_through_the_protocol(small_checkpoint, tmp_path, monkeypatch):
+    """A small random WorldVLA (64-px frames) drives the simulator through WorldVLAPolicy: its chunks are executed
+    open loop, the first query sees one frame and the later ones the previous step's frame too, and every frame
+    a query sees is encoded once."""
+    from policy_worldvla import WorldVLAPolicy
+
+    queries, encoded = [], []
+    history_codes = WorldVLAPolicy.history_codes
+
+    def recording_history_codes(self):
+        codes = history_codes(self)
+        queries.append([tuple(c.shape) for c in codes])
+        return codes
+
+    encode_images = type(WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu").processor).encode_images
+
+    def counting_encode(self, images):
+        encoded.append(len(images))
+        return encode_images(self, images)
+
+    monkeypatch.setattr(WorldVLAPolicy, "history_codes", recording_history_codes)
+    monkeypatch.setattr(type(WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu").processor), "encode_images", counting_encode)
     summary = eval_libero.main([
-        "--model", str(tmp_path / "checkpoint"), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
+        "--model", str(small_checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
         "--max-steps", "12", "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "--save-video",
     ])
     record = lines(tmp_path / "eval" / "episodes.jsonl")[0]
     assert record["error"] is None and record["steps"] == 12
-    assert summary["config"]["max_steps"] == 12 and summary["errors"] == 0
-    assert queries[0] == [(64, 64, 3)]  # the first query: the current frame alone, as in the release
-    assert queries[1:] == [[(64, 64, 3)] * 2] * 2  # K = 5: queries at steps 0, 5 and 10
+    assert summary["settings"]["max_steps"] == 12 and summary["errors"] == 0
+    assert summary["settings"]["unnorm_key"] == "libero"
+    assert queries == [[(4, 4)], [(4, 4)] * 2, [(4, 4)] * 2]  # K = 5: queries at steps 0, 5 and 10
+    assert encoded == [1, 2, 2]  # steps 4 and 5, then 9 and 10: none of them seen before
 
     import imageio.v3 as iio
 

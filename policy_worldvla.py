@@ -1,0 +1,152 @@
+"""WorldVLAPolicy: a WorldVLA checkpoint as a robot policy, one frame in and one action out per control step.
+
+    policy = WorldVLAPolicy.from_pretrained("checkpoints/worldvla-libero-spatial-64")
+    policy.reset()                                    # at the start of every episode
+    action = policy.select_action(frame, instruction)  # every step: uint8 (H, W, 3) upright frame -> (7,)
+
+The API follows LeRobot's policies (`reset`, `select_action` with an action queue, `predict_action_chunk`).
+`select_action` records the frame in the history and, when its queue is empty, queries the model for a chunk of
+K actions and queues the first `n_action_steps` of them: K (the default) executes the whole chunk open loop, as
+the paper's evaluation does; fewer re-plans sooner (receding horizon).
+
+The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
+training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
+ones the frame of the previous control step too. Each frame is VQ-encoded at most once: its codes stay in the
+history for the next query.
+
+Nothing silent reaches the robot: a frame of the wrong shape or type, an instruction that is not text,
+statistics the processor does not have, or a chunk that is not K finite actions raise a `ValueError` or
+`RuntimeError` that says what is wrong.
+"""
+
+from collections import deque
+
+import numpy as np
+import torch
+
+try:
+    from .processing_worldvla import history_indices
+except ImportError:
+    from processing_worldvla import history_indices
+
+
+class WorldVLAPolicy:
+    """A WorldVLA model and its processor driven one control step at a time.
+
+    Args:
+        model (`WorldVLAForConditionalGeneration`): the policy network, in eval mode on its device.
+        processor (`WorldVLAProcessor`): its processor (text and image tokenizers, action statistics).
+        unnorm_key (`str`, *optional*): the action statistics to un-normalise with; the processor's default.
+        n_action_steps (`int`, *optional*): actions of each predicted chunk executed before the next query;
+            defaults to the whole chunk (`action_chunk_size`).
+        decoding (`str`): "parallel" (the K blocks together, the default) or "sequential" (token by token).
+    """
+
+    def __init__(self, model, processor, unnorm_key=None, n_action_steps=None, decoding="parallel"):
+        processor.check_compatible(model.config, check_weights=True)
+        config = model.config
+        self.model = model.eval()
+        self.processor = processor
+        self.unnorm_key = processor.default_unnorm_key if unnorm_key is None else unnorm_key
+        if self.unnorm_key not in processor.action_statistics:
+            raise ValueError(
+                f"unnorm_key {self.unnorm_key!r} has no action statistics in this processor; it has "
+                f"{sorted(processor.action_statistics)}"
+            )
+        self.chunk_size = int(config.action_chunk_size)
+        self.history_frames = int(config.history_frames)
+        self.image_size = int(config.image_size)
+        self.action_dim = int(config.action_dim)
+        self.n_action_steps = self.chunk_size if n_action_steps is None else n_action_steps
+        if isinstance(self.n_action_steps, bool) or not isinstance(self.n_action_steps, int) or not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps must be an integer in [1, {self.chunk_size}] (the chunk size), got {n_action_steps!r}")
+        if decoding not in ("parallel", "sequential"):
+            raise ValueError(f"decoding must be 'parallel' or 'sequential', got {decoding!r}")
+        self.decoding = decoding
+        self.reset()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", **model_kwargs):
+        """Load model and processor of a checkpoint folder or Hub repo (remote code) onto `device`
+        (default: CUDA when present). The VQ encoder runs on the same device."""
+        from transformers import AutoModelForCausalLM, AutoProcessor
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
+        processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True)
+        processor.vq_model.to(device)
+        return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding)
+
+    def reset(self):
+        """Forget the history and the queued actions: call at the start of every episode."""
+        self._steps = 0
+        self._history = deque(maxlen=self.history_frames)  # (step, frame, codes or None)
+        self._action_queue = deque()
+        self._instruction = None
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check_frame(self, frame):
+        if isinstance(frame, torch.Tensor):
+            frame = frame.cpu().numpy()
+        frame = np.asarray(frame)
+        expected = (self.image_size, self.image_size, 3)
+        if frame.shape != expected:
+            raise ValueError(
+                f"frame has shape {frame.shape}; this model takes uint8 {expected} upright RGB frames "
+                f"(render the camera at {self.image_size} px)"
+            )
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frame has dtype {frame.dtype}; the model takes uint8 pixels in [0, 255]")
+        return np.ascontiguousarray(frame)
+
+    def _check_instruction(self, instruction):
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+        if instruction != self._instruction:
+            # Actions queued for another instruction must not be executed for this one.
+            self._action_queue.clear()
+            self._instruction = instruction
+
+    def observe(self, frame):
+        """Record one control step's frame in the history (done by `select_action` and `predict_action_chunk`)."""
+        self._history.append([self._steps, self._check_frame(frame), None])
+        self._steps += 1
+
+    def history_codes(self):
+        """VQ codes (h, w) of the frames the next query sees, oldest first, each frame encoded once."""
+        if not self._history:
+            raise RuntimeError("no frame observed since reset(): pass the current frame first")
+        by_step = {entry[0]: entry for entry in self._history}
+        wanted = [by_step[step] for step in history_indices(self._steps - 1, self.history_frames)]
+        missing = [entry for entry in wanted if entry[2] is None]
+        if missing:
+            for entry, codes in zip(missing, self.processor.encode_images([entry[1] for entry in missing])):
+                entry[2] = codes
+        return [entry[2] for entry in wanted]
+
+    @torch.no_grad()
+    def _query(self, instruction):
+        prompt = self.processor.build_action_sample(instruction, self.history_codes())["input_ids"]
+        input_ids = torch.tensor([prompt], device=self.model.device)
+        bins = self.model.generate_action_tokens(input_ids, torch.ones_like(input_ids), decoding=self.decoding)
+        actions = self.processor.decode_actions(bins.cpu().numpy(), unnorm_key=self.unnorm_key)
+        actions = np.asarray(actions, dtype=np.float64).reshape(-1, self.chunk_size, self.action_dim)[0]
+        if not np.isfinite(actions).all():
+            raise RuntimeError(f"the model produced non-finite actions {actions.tolist()}: not sent to the robot")
+        return actions
+
+    def predict_action_chunk(self, frame, instruction):
+        """Observe `frame` and return the next chunk of actions (K, action_dim), un-normalised; the queue is
+        left as it is."""
+        self._check_instruction(instruction)
+        self.observe(frame)
+        return self._query(instruction)
+
+    def select_action(self, frame, instruction):
+        """Observe `frame` and return the action (action_dim,) to execute now."""
+        self._check_instruction(instruction)
+        self.observe(frame)
+        if not self._action_queue:
+            self._action_queue.extend(self._query(instruction)[: self.n_action_steps])
+        return self._action_queue.popleft()
