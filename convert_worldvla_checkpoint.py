@@ -541,7 +541,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True, dtype="auto")
 processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
 inputs = processor(text=instruction, images=[previous_frame, current_frame]).to(model.device)
-actions = model.predict_action(**inputs, processor=processor)  # ({chunk_size}, 7)
+actions = model.predict_action(**inputs, processor=processor)  # (1, {chunk_size}, 7)
 ```
 """
 

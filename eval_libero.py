@@ -132,11 +132,12 @@ def run_task(config, policy, task_id, trials, report):
             record = {"suite": config["suite"], "task_id": task_id, "task_name": task.name, "trial": trial}
             start = time.time()
             try:
-                np.random.seed(episode_seed(config["seed"], task_id, trial))
+                seed = episode_seed(config["seed"], task_id, trial)
+                np.random.seed(seed)
                 if config["policy"] == "worldvla":
                     import torch
 
-                    torch.manual_seed(episode_seed(config["seed"], task_id, trial))
+                    torch.manual_seed(seed)
                 result = run_episode(
                     env,
                     episode_policy,
@@ -144,6 +145,7 @@ def run_task(config, policy, task_id, trials, report):
                     task.language,
                     config["max_steps"] or MAX_POLICY_STEPS[config["suite"]],
                     record=config["save_video"],
+                    seed=seed,
                 )
                 record.update(status="success" if result.success else "failure", success=result.success)
                 record.update(steps=result.policy_steps, error=None)

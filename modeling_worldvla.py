@@ -28,18 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import Cache, DynamicCache, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
+    from .configuration_worldvla import IGNORE_INDEX, WorldVLAConfig, WorldVLAVQConfig
 except ImportError:
-    from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
-
-IGNORE_INDEX = -100
+    from configuration_worldvla import IGNORE_INDEX, WorldVLAConfig, WorldVLAVQConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -579,7 +579,10 @@ class WorldVLAAttention(nn.Module):
             self.q_norm = WorldVLAQKLayerNorm(self.num_heads, self.head_dim)
             self.k_norm = WorldVLAQKLayerNorm(self.num_key_value_heads, self.head_dim)
 
-    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
+    def forward(
+        self, hidden_states, attention_mask, position_embeddings, past_key_values=None, output_attentions=False
+    ):
+        """Returns the attention output and, with `output_attentions`, the weights (B, heads, q, kv) after the mask."""
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
         key = self.k_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
@@ -595,7 +598,9 @@ class WorldVLAAttention(nn.Module):
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
 
         dropout = self.config.attention_dropout if self.training else 0.0
-        if self.config._attn_implementation == "eager":
+        weights = None
+        # SDPA never exposes its weights: a call that asks for them runs the eager path, whatever the implementation.
+        if self.config._attn_implementation == "eager" or output_attentions:
             scores = torch.matmul(query, key.transpose(2, 3)) * self.scaling + attention_mask
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
             weights = F.dropout(weights, p=dropout, training=self.training)
@@ -604,7 +609,7 @@ class WorldVLAAttention(nn.Module):
             output = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
             )
-        return self.o_proj(output.transpose(1, 2).reshape(batch, length, -1))
+        return self.o_proj(output.transpose(1, 2).reshape(batch, length, -1)), weights
 
 
 class WorldVLAMLP(nn.Module):
@@ -628,13 +633,15 @@ class WorldVLADecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = WorldVLARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.residual_dropout = nn.Dropout(config.residual_dropout)
 
-    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
-        attn_output = self.self_attn(
-            self.input_layernorm(hidden_states), attention_mask, position_embeddings, past_key_values
+    def forward(
+        self, hidden_states, attention_mask, position_embeddings, past_key_values=None, output_attentions=False
+    ):
+        attn_output, attention_weights = self.self_attn(
+            self.input_layernorm(hidden_states), attention_mask, position_embeddings, past_key_values, output_attentions
         )
         hidden_states = hidden_states + self.residual_dropout(attn_output)
         mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states + self.residual_dropout(mlp_output)
+        return hidden_states + self.residual_dropout(mlp_output), attention_weights
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -649,6 +656,28 @@ class WorldVLAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["WorldVLADecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+
+    def __init__(self, config, *inputs, **kwargs):
+        # The config validates itself when built or loaded; edits made afterwards are caught here.
+        config.validate_worldvla()
+        super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        # transformers guesses this from the source (an AttentionInterface lookup); the attention layers here read
+        # `config._attn_implementation` at every call, so `set_attn_implementation` takes effect at once.
+        return True
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
+        # transformers refuses unknown names and flash / flex attention (the class does not claim them); the rest of
+        # its registry would be silently run as sdpa here.
+        requested = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if requested not in ("eager", "sdpa"):
+            raise ValueError(
+                f"WorldVLA runs attn_implementation 'eager' or 'sdpa', not {requested!r}: its attention layers take "
+                "the dense 4-D action mask and a regular KV cache"
+            )
+        return requested
 
 
 class WorldVLAModel(WorldVLAPreTrainedModel):
@@ -670,11 +699,49 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
-        """`attention_mask` is either (B, L) with 1 for real tokens, from which the action mask is built, or an
-        additive (B, 1, L, past + L) mask used as given (generation builds those rows from the full sequence)."""
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        """Hidden states for (B, L) `input_ids` or (B, L, hidden) `inputs_embeds` (exactly one of them).
+
+        `attention_mask` is either (B, L) with 1 for real tokens, from which the action mask is built from
+        `input_ids`, or a 4-D mask (B, 1, L, past + L) used as given: additive float (0 = attend, dtype minimum =
+        blocked) or bool with SDPA's convention (True = attend). Generation builds those rows from the full
+        sequence. With `inputs_embeds` the 4-D mask is required: the action mask depends on which tokens are images
+        and actions, which embeddings do not say (`build_action_attention_mask(input_ids, config, mask)` gives it).
+
+        `use_cache` defaults to `config.use_cache` outside training. `output_attentions` computes eager attention
+        for that call. Returns a `BaseModelOutputWithPast`, or its tuple with `return_dict=False`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        dtype, device = inputs_embeds.dtype, inputs_embeds.device
+
+        past_length = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
         if attention_mask is None or attention_mask.ndim == 2:
+            if input_ids is None:
+                raise ValueError(
+                    "With inputs_embeds, pass the 4-D attention mask: the action mask is built from token ids "
+                    "(build_action_attention_mask(input_ids, config, attention_mask))."
+                )
             if past_length:
                 raise ValueError(
                     "With a non-empty past_key_values, pass the additive 4-D attention mask of the new tokens "
@@ -685,61 +752,125 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
                 attention_mask = torch.ones_like(input_ids)
             if position_ids is None:
                 position_ids = position_ids_from_attention_mask(attention_mask)
-            attention_mask = build_action_attention_mask(input_ids, self.config, attention_mask, self.dtype)
-        elif attention_mask.ndim != 4:
+            attention_mask = build_action_attention_mask(input_ids, self.config, attention_mask, dtype)
+        elif attention_mask.ndim == 4:
+            attention_mask = self._additive_4d_mask(attention_mask, dtype)
+        else:
             raise ValueError(f"attention_mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
-        if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)
-            position_ids = position_ids.expand(input_ids.shape[0], -1)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        attention_mask = self._mask_for_cache(attention_mask, length, past_length, past_key_values)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, -1)
 
-        hidden_states = self.embed_tokens(input_ids)
-        position_embeddings = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, hidden_states.dtype)
-        attention_mask = attention_mask.to(hidden_states.dtype)
+        hidden_states = inputs_embeds
+        position_embeddings = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, dtype)
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, position_embeddings, past_key_values)
-        return self.norm(hidden_states), past_key_values
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attention_weights = layer(
+                hidden_states,
+                attention_mask,
+                position_embeddings,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            if output_attentions:
+                all_attentions += (attention_weights,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _additive_4d_mask(attention_mask, dtype):
+        if attention_mask.dtype == torch.bool:
+            blocked = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+            return blocked.masked_fill_(~attention_mask, torch.finfo(dtype).min)
+        if not attention_mask.is_floating_point():
+            raise ValueError(
+                f"a 4-D attention_mask must be bool (True = attend) or additive float (0 = attend, dtype minimum = "
+                f"blocked), got {attention_mask.dtype}: 0/1 integers added to the scores would mask nothing"
+            )
+        return attention_mask.to(dtype)
+
+    @staticmethod
+    def _mask_for_cache(attention_mask, length, past_length, past_key_values):
+        """Check the mask covers the queries and keys; pad it with blocked keys up to a static cache's length."""
+        keys = past_length + length
+        cache_keys = past_key_values.get_mask_sizes(length, 0)[0] if past_key_values is not None else keys
+        if attention_mask.shape[-2] != length or attention_mask.shape[-1] not in (keys, cache_keys):
+            raise ValueError(
+                f"4-D attention_mask of shape {tuple(attention_mask.shape)} does not fit {length} new tokens after "
+                f"{past_length} cached ones: expected (batch, 1, {length}, {keys})"
+            )
+        if attention_mask.shape[-1] < cache_keys:
+            # A static cache returns all its slots; those not written yet must not be attended.
+            attention_mask = F.pad(attention_mask, (0, cache_keys - keys), value=torch.finfo(attention_mask.dtype).min)
+        return attention_mask
 
 
 @dataclass
 class WorldVLACausalLMOutput(ModelOutput):
     """`loss` is the training objective; `action_loss` (mean cross-entropy on action-bin targets), `image_loss`
-    (mean cross-entropy on image-code targets) and `z_loss` are detached, for logging (None when absent)."""
+    (mean cross-entropy on image-code targets) and `z_loss` are detached, for logging (None when absent).
+    `hidden_states` (embeddings, then each layer's output, the last one normed) and `attentions` (one
+    (B, heads, q, kv) tensor per layer) come with `output_hidden_states` / `output_attentions`."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: DynamicCache | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     action_loss: torch.FloatTensor | None = None
     image_loss: torch.FloatTensor | None = None
     z_loss: torch.FloatTensor | None = None
 
 
-def _chunk_loss_terms(hidden_states, targets, lm_head_weight, lm_head_bias):
+def _chunk_loss_terms(lm_head, hidden_states, targets):
     """Per-target cross-entropy and logsumexp^2 of one chunk, with fp32 logits that live only here."""
-    logits = F.linear(hidden_states, lm_head_weight, lm_head_bias).float()
+    logits = lm_head(hidden_states).float()
     logsumexp = logits.logsumexp(-1)
     cross_entropy = logsumexp - logits.gather(-1, targets[:, None]).squeeze(-1)
     return cross_entropy, logsumexp.pow(2)
 
 
+def _check_finite(tensor, what):
+    if not torch.isfinite(tensor).all():
+        raise FloatingPointError(
+            f"non-finite {what} (NaN or inf): no action or frame is decoded from them. The weights or inputs hold NaN "
+            "or inf (from_pretrained reports such weights), or fp16 overflowed: run in fp32 or bf16."
+        )
+
+
 class ActionChunkLogitsProcessor(LogitsProcessor):
-    """Keeps generated tokens in the grammar of an action chunk: [start] action_dim bins [end], repeated."""
+    """Keeps generated tokens in the grammar of an action chunk: [start] action_dim bins [end], repeated.
+
+    Non-finite bin logits raise a FloatingPointError instead of decoding an action from them."""
 
     def __init__(self, config, prompt_length):
-        self.config = config
+        self.layout = config.token_layout
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids, scores):
-        offset = (input_ids.shape[1] - self.prompt_length) % self.config.action_block_length
+        layout = self.layout
+        offset = (input_ids.shape[1] - self.prompt_length) % layout.action_block_length
         constrained = torch.full_like(scores, float("-inf"))
         if offset == 0:
-            constrained[:, self.config.action_start_token_id] = 0.0
-        elif offset == self.config.action_block_length - 1:
-            constrained[:, self.config.action_end_token_id] = 0.0
+            constrained[:, layout.action_start_token_id] = 0.0
+        elif offset == layout.action_block_length - 1:
+            constrained[:, layout.action_end_token_id] = 0.0
         else:
-            first = self.config.action_token_offset + 1
-            bins = slice(first, first + self.config.n_action_bins)
+            bins = layout.action_bin_slice
+            _check_finite(scores[:, bins], "action-bin logits")
             constrained[:, bins] = scores[:, bins]
         return constrained
 
@@ -748,23 +879,21 @@ class ImageTokensLogitsProcessor(LogitsProcessor):
     """Keeps generated tokens in the layout of one frame: [start][grid H][grid W] (codes, row end) x rows [end].
 
     Structure tokens are forced; at code positions only VQ codes are allowed, so a decoded frame always has
-    the model's grid.
+    the model's grid. Non-finite code logits raise a FloatingPointError.
     """
 
     def __init__(self, config, prompt_length):
-        self.config = config
+        self.layout = config.token_layout
         self.prompt_length = prompt_length
-        grid = config.image_grid_size
-        grid_token = config.image_grid_token_id(config.image_size)
-        row = [None] * grid + [config.image_row_end_token_id]
-        self.layout = [config.image_start_token_id, grid_token, grid_token] + row * grid + [config.image_end_token_id]
+        self.template = self.layout.frame_template
 
     def __call__(self, input_ids, scores):
         offset = input_ids.shape[1] - self.prompt_length
         constrained = torch.full_like(scores, float("-inf"))
-        forced = self.layout[offset] if offset < len(self.layout) else self.config.separator_token_id
+        forced = self.template[offset] if offset < len(self.template) else self.layout.separator_token_id
         if forced is None:
-            codes = slice(self.config.image_token_offset, self.config.image_token_offset + self.config.image_codebook_size)
+            codes = self.layout.image_code_slice
+            _check_finite(scores[:, codes], "image-code logits")
             constrained[:, codes] = scores[:, codes]
         else:
             constrained[:, forced] = 0.0
@@ -784,6 +913,29 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then a ValueError naming every weight that holds NaN or inf: such a
+        model decodes garbage (NaN logits make every action bin the lowest one: full-speed motion)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).check_weights_are_finite()
+        return loaded
+
+    def check_weights_are_finite(self):
+        """Raise a ValueError naming the parameters and buffers that hold NaN or inf."""
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        broken = [
+            name
+            for name, tensor in tensors
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+        ]
+        if broken:
+            shown = ", ".join(broken[:10]) + (f" and {len(broken) - 10} more" if len(broken) > 10 else "")
+            raise ValueError(
+                f"non-finite weights (NaN or inf) in {shown}: the checkpoint is corrupt or its training diverged; "
+                "re-export or re-download it"
+            )
+
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
@@ -798,61 +950,102 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
 
     def forward(
         self,
-        input_ids,
+        input_ids=None,
         attention_mask=None,
         position_ids=None,
         past_key_values=None,
+        inputs_embeds=None,
         labels=None,
         use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
         logits_to_keep=0,
-        **kwargs,
+        **loss_kwargs,
     ):
-        """Logits for (B, L) ids; with `labels` (B, L), -100 = ignored, the class-weighted loss.
+        """Logits for (B, L) ids (or embeddings, see `WorldVLAModel.forward`); with targets, the class-weighted loss.
 
-        `logits_to_keep` = n > 0 returns logits for the last n positions only (training needs none: the loss
-        is computed from the hidden states, chunk by chunk).
+        Targets are `labels` (B, L), shifted here (position i predicts label i + 1), or `shift_labels` (B, L), already
+        shifted (position i predicts shift_labels i), as context parallelism passes them; -100 is ignored, and
+        `shift_labels` wins when both are given. `logits_to_keep` = n > 0 (or a tensor of positions) returns logits
+        for the last n positions only; the loss never needs them: it is computed from the hidden states, chunk by
+        chunk. Returns a `WorldVLACausalLMOutput`, or its tuple (None entries left out) with `return_dict=False`.
         """
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        hidden_states, past_key_values = self.model(
-            input_ids, attention_mask, position_ids, past_key_values, use_cache=use_cache
+        # `shift_labels` comes as a keyword, as in transformers' models: Trainer expects every named forward
+        # parameter with "label" in its name in each batch. Any other keyword is refused.
+        unknown = sorted(set(loss_kwargs) - {"shift_labels"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {unknown}")
+        shift_labels = loss_kwargs.get("shift_labels")
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
-        kept = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
-        logits = self.lm_head(kept)
-        output = WorldVLACausalLMOutput(logits=logits, past_key_values=past_key_values if use_cache else None)
-        if labels is not None:
-            output.loss, output.action_loss, output.image_loss, output.z_loss = self.compute_loss(hidden_states, labels)
-        return output
+        hidden_states = outputs.last_hidden_state
+        losses = [None] * 4
+        if labels is not None or shift_labels is not None:
+            losses = self.compute_loss(hidden_states, labels, shift_labels)
+        output = WorldVLACausalLMOutput(
+            loss=losses[0],
+            logits=self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)),
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            action_loss=losses[1],
+            image_loss=losses[2],
+            z_loss=losses[3],
+        )
+        return output if return_dict else output.to_tuple()
 
-    def compute_loss(self, hidden_states, labels):
+    def compute_loss(self, hidden_states, labels=None, shift_labels=None):
         """Class-weighted cross-entropy (weight `image_loss_weight` on image codes, 1 elsewhere, mean over the
-        weights) plus `z_loss_weight` * mean(logsumexp^2), over the labelled positions, next-token shifted.
+        weights) plus `z_loss_weight` * mean(logsumexp^2), over the labelled positions.
 
-        Logits are made `loss_chunk_size` positions at a time in fp32 and, when gradients are needed,
-        recomputed in the backward pass instead of stored, so memory never holds (B, L, vocab) fp32 logits.
+        Logits are made `loss_chunk_size` positions at a time by `lm_head` (the module, so adapters on it take part)
+        in fp32 and, when gradients are needed, recomputed in the backward pass instead of stored, so memory never
+        holds (B, L, vocab) fp32 logits.
         """
-        config = self.config
-        targets = labels[:, 1:].to(hidden_states.device)
+        config, layout = self.config, self.config.token_layout
+        if shift_labels is None:
+            if labels.shape != hidden_states.shape[:2]:
+                raise ValueError(
+                    f"labels of shape {tuple(labels.shape)} do not match the inputs {tuple(hidden_states.shape[:2])}"
+                )
+            targets, hidden_states = labels[:, 1:], hidden_states[:, :-1]
+        else:
+            if shift_labels.shape != hidden_states.shape[:2]:
+                raise ValueError(
+                    f"shift_labels of shape {tuple(shift_labels.shape)} do not match the inputs "
+                    f"{tuple(hidden_states.shape[:2])}"
+                )
+            targets = shift_labels
+        targets = targets.to(hidden_states.device)
         selected = targets != IGNORE_INDEX
         if not selected.any():
             zero = hidden_states.sum() * 0.0
             return zero, None, None, None
-        hidden = hidden_states[:, :-1][selected]
+        hidden = hidden_states[selected]
         targets = targets[selected]
-        weight, bias = self.lm_head.weight, self.lm_head.bias
         cross_entropy, z_terms = [], []
         for start in range(0, targets.shape[0], config.loss_chunk_size):
             chunk = slice(start, start + config.loss_chunk_size)
             if torch.is_grad_enabled():
-                terms = checkpoint(_chunk_loss_terms, hidden[chunk], targets[chunk], weight, bias, use_reentrant=False)
+                terms = checkpoint(_chunk_loss_terms, self.lm_head, hidden[chunk], targets[chunk], use_reentrant=False)
             else:
-                terms = _chunk_loss_terms(hidden[chunk], targets[chunk], weight, bias)
+                terms = _chunk_loss_terms(self.lm_head, hidden[chunk], targets[chunk])
             cross_entropy.append(terms[0])
             z_terms.append(terms[1])
         cross_entropy, z_terms = torch.cat(cross_entropy), torch.cat(z_terms)
 
-        is_image = (targets >= config.image_token_offset) & (targets < config.image_token_offset + config.image_codebook_size)
-        is_action = (targets > config.action_token_offset) & (targets <= config.action_token_offset + config.n_action_bins)
+        is_image, is_action = layout.is_image_code(targets), layout.is_action_bin(targets)
         weights = torch.where(is_image, config.image_loss_weight, 1.0).to(cross_entropy.dtype)
         z_loss = z_terms.mean()
         loss = (weights * cross_entropy).sum() / weights.sum() + config.z_loss_weight * z_loss
@@ -869,8 +1062,21 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             attention_mask = torch.ones_like(input_ids)
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        next_sequence_length=None,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        is_first_iteration=False,
+        **kwargs,
+    ):
         """Rebuild the action mask rows of the new tokens from the full sequence at every generation step."""
+        if inputs_embeds is not None and is_first_iteration and input_ids.shape[1] != inputs_embeds.shape[1]:
+            raise ValueError(
+                "generate with inputs_embeds needs the matching input_ids too: the action mask is built from the ids"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         new_tokens = next_sequence_length or input_ids.shape[1]
@@ -881,6 +1087,8 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             next_sequence_length=next_sequence_length,
             past_key_values=past_key_values,
             attention_mask=mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
             **kwargs,
         )
 
@@ -926,7 +1134,8 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         "parallel": the K blocks decoded together, each at its sequential positions (block k starts at
         P + k * block_length) over one shared prompt cache, `action_dim` forward passes of K tokens.
         "sequential": `generate`, token by token, the mask rebuilt from the full sequence at every step.
-        Both give the same tokens: under the action mask no block sees another.
+        Both give the same tokens: under the action mask no block sees another. Non-finite hidden states or
+        bin logits raise a FloatingPointError rather than yield an action.
         """
         config = self.config
         chunk, block = config.action_chunk_size, config.action_block_length
@@ -945,33 +1154,37 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         return self._decode_action_blocks_in_parallel(input_ids, attention_mask)
 
     def _decode_action_blocks_in_parallel(self, input_ids, attention_mask):
-        config = self.config
+        config, layout = self.config, self.config.token_layout
         batch, chunk, device = input_ids.shape[0], config.action_chunk_size, input_ids.device
         cache = DynamicCache(config=config)
-        self.model(input_ids, attention_mask, past_key_values=cache, use_cache=True)
+        prompt = self.model(input_ids, attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
+        _check_finite(prompt.last_hidden_state[attention_mask.bool()], "hidden states of the prompt")
 
         # The new blocks start after the last image: besides their own block they see the real prompt tokens
         # outside action blocks.
         prompt_blocks, _ = find_action_blocks(input_ids, config)
         visible_prompt = (attention_mask.bool() & (prompt_blocks == 0))[:, None, :].expand(batch, chunk, -1)
         block_index = torch.arange(chunk, device=device)
-        first_positions = attention_mask.sum(-1, keepdim=True) + block_index * config.action_block_length
-        first_bin = config.action_token_offset + 1
-        tokens = torch.full((batch, chunk), config.action_start_token_id, dtype=torch.long, device=device)
+        first_positions = attention_mask.sum(-1, keepdim=True) + block_index * layout.action_block_length
+        tokens = torch.full((batch, chunk), layout.action_start_token_id, dtype=torch.long, device=device)
         bins = []
-        for step in range(config.action_dim):
+        for step in range(layout.action_dim):
             # Cached generated tokens are ordered step by step, K per step: a block sees its own column.
             own_block = (block_index[:, None] == block_index.repeat(step + 1)[None, :])[None].expand(batch, -1, -1)
             mask = additive_mask(torch.cat([visible_prompt, own_block], dim=-1), self.dtype)
-            hidden, cache = self.model(tokens, mask, first_positions + step, cache, use_cache=True)
-            bin_logits = F.linear(hidden, self.lm_head.weight[first_bin : first_bin + config.n_action_bins])
-            tokens = bin_logits.argmax(-1) + first_bin
+            step_output = self.model(tokens, mask, first_positions + step, cache, use_cache=True, return_dict=True)
+            hidden = step_output.last_hidden_state
+            _check_finite(hidden, "hidden states")
+            # The head module, not its weight rows: an adapter on lm_head must act here as in `generate`.
+            bin_logits = self.lm_head(hidden)[..., layout.action_bin_slice]
+            _check_finite(bin_logits, "action-bin logits")
+            tokens = bin_logits.argmax(-1) + layout.first_action_bin_id
             bins.append(tokens)
         return torch.stack(bins, dim=-1)
 
     @torch.no_grad()
     def predict_action(self, input_ids, attention_mask=None, processor=None, unnorm_key=None, decoding="parallel"):
-        """Continuous actions (K, action_dim) for one prompt, (B, K, action_dim) for a batch of B > 1.
+        """Continuous actions (B, K, action_dim) for B prompts, B = 1 included.
 
         `input_ids`/`attention_mask` come from `processor(text=instruction, images=history_frames)`; the
         processor un-normalises the bins with the statistics saved with the checkpoint under `unnorm_key`.
@@ -980,8 +1193,7 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             raise ValueError("predict_action needs the checkpoint's processor (it holds the action statistics)")
         processor.check_compatible(self.config)
         bin_tokens = self.generate_action_tokens(input_ids, attention_mask, decoding=decoding)
-        actions = processor.decode_actions(bin_tokens.cpu().numpy(), unnorm_key=unnorm_key)
-        return actions[0] if actions.shape[0] == 1 else actions
+        return processor.decode_actions(bin_tokens.cpu().numpy(), unnorm_key=unnorm_key)
 
     # -----------------------------------------------------------------------------------------------------------------
     # World model
@@ -997,16 +1209,15 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
 
     @torch.no_grad()
     def predict_next_frame(self, images, actions, processor, unnorm_key=None, do_sample=False, **generation_kwargs):
-        """The frame after `images` (uint8 HWC, or a list of them) once `actions` ((7,), or (B, 7)) are applied.
+        """The frames after `images` (uint8 HWC, or a list of them) once `actions` ((7,), or (B, 7)) are applied.
 
-        Returns uint8 (H, W, 3), or (B, H, W, 3) for a batch. Greedy unless `do_sample`; `generation_kwargs`
+        Returns uint8 (B, H, W, 3), B = 1 for one frame. Greedy unless `do_sample`; `generation_kwargs`
         (temperature, top_k, ...) go to `GenerationConfig`.
         """
         processor.check_compatible(self.config)
         inputs = processor.build_world_model_inputs(images, actions, unnorm_key=unnorm_key).to(self.device)
         image_tokens = self.generate_image_tokens(**inputs, do_sample=do_sample, **generation_kwargs)
-        frames = processor.decode_image_tokens(image_tokens.cpu())
-        return frames[0] if np.ndim(actions) == 1 else frames
+        return processor.decode_image_tokens(image_tokens.cpu())
 
     @torch.no_grad()
     def rollout(self, image, actions, processor, unnorm_key=None, do_sample=False, **generation_kwargs):

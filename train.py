@@ -36,6 +36,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 import worldvla_data
+from processing_worldvla import vq_fingerprint
 
 logger = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent
@@ -453,7 +454,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True)
 inputs = processor(text=instruction, images=[previous_frame, current_frame])
-actions = model.predict_action(**inputs, processor=processor)  # (K, 7), un-normalised
+actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
 ```
 """
 
@@ -519,6 +520,9 @@ def main(argv=None):
     model, processor = load_model_and_processor(model_args, torch.cuda.is_available())
     config = model.config
     train_dataset, eval_datasets, summary = build_datasets(data_args, processor, config, training_args)
+    # What the saved model records of its processor, so that a processor of another run is refused at load.
+    config.vq_fingerprint = vq_fingerprint(processor.vq_model)
+    config.action_statistics_keys = [summary["dataset_key"]]
     if not eval_datasets and training_args.eval_strategy != "no":
         logger.info("no validation episodes: evaluation turned off")
         training_args.eval_strategy = "no"

@@ -5,7 +5,8 @@ The layout is that of the official LIBERO datasets (`<task_name>_demo.hdf5`):
     data/                         attrs: problem_info (JSON), bddl_file_name, bddl_file_content,
                                          env_args (JSON), env_name, macros_image_convention,
                                          num_demos, total
-    data/demo_N/                  attrs: num_samples, init_state, trial
+    data/demo_N/                  attrs: num_samples, init_state, trial; here also reset_seed (the numpy seed of
+                                         the reset that placed the fixtures) and random_reset (its index)
         actions        (T, 7)     OSC_POSE deltas and gripper command
         states         (T, S)     flattened MuJoCo state before each action
         rewards, dones (T,)
@@ -14,8 +15,8 @@ The layout is that of the official LIBERO datasets (`<task_name>_demo.hdf5`):
         obs/ee_states (T, 6), obs/gripper_states (T, 2), obs/joint_states (T, 7)
 
 Demonstrations are rolled out without cameras (about 10x faster) and their frames are rendered
-afterwards by replaying the actions from the same initial state: MuJoCo is deterministic here, and
-`replay_with_cameras` checks that the replayed states match the recorded ones.
+afterwards by replaying the actions from the same initial state and reset seed: MuJoCo is deterministic
+then, and `check_replay_matches` checks that the replayed states match the recorded ones.
 
 Writing is crash-safe (see `DemoWriter`): finished demos are never modified in place.
 """
@@ -41,12 +42,15 @@ def axis_angle_from_quat_xyzw(quat):
     return quat[:3] * 2.0 * np.arccos(w) / sin_half
 
 
-def replay_with_cameras(env, episode):
+def replay_with_cameras(env, episode, seed=None):
     """Replays an `EpisodeResult`'s actions in a camera env; returns the per-step arrays of a demo.
 
-    Raises RuntimeError if the replay leaves the recorded trajectory (it must not: MuJoCo is
-    deterministic and the same initial state is restored)."""
-    obs = reset_to_initial_state(env, episode.initial_state)
+    The frames are the observations `env.step` returns, as a closed-loop evaluation sees them (a render of
+    the stored state differs slightly: robosuite renders before the control step's last physics substep).
+    `seed` must be the one the episode was recorded with, so that the fixtures stand where they stood
+    (`reset_to_initial_state`); then MuJoCo is deterministic, and a RuntimeError says if the replay leaves
+    the recorded trajectory anyway."""
+    obs = reset_to_initial_state(env, episode.initial_state, seed)
     cameras = {"agentview": THIRD_PERSON_CAMERA, "eye_in_hand": WRIST_CAMERA}
     cameras = {name: camera for name, camera in cameras.items() if camera + "_image" in obs}
     columns = {key: [] for key in ("states", *cameras, "ee", "gripper", "joints")}
@@ -155,9 +159,10 @@ class DemoWriter:
         """Initial-state indices already collected (random resets are stored as trial -1)."""
         return [-1 if trial is None else int(trial) for trial in self.collected_attributes("trial")]
 
-    def append(self, arrays, initial_state, trial, random_reset=None):
+    def append(self, arrays, initial_state, trial, random_reset=None, reset_seed=None):
         """Stores one demo as a part file; it joins the dataset at `finalize()`. `random_reset` is the
-        index of the random reset it started from (None for one of the benchmark's initial states)."""
+        index of the random reset it started from (None for one of the benchmark's initial states);
+        `reset_seed` the seed of the scene's reset, which a replay needs to rebuild the same fixtures."""
         number = len(self.part_files())
         final = os.path.join(self.parts_dir, f"part_{number:06d}.hdf5")
         temporary = final + ".tmp"
@@ -171,6 +176,8 @@ class DemoWriter:
             group.attrs["trial"] = int(trial)
             if random_reset is not None:
                 group.attrs["random_reset"] = int(random_reset)
+            if reset_seed is not None:
+                group.attrs["reset_seed"] = int(reset_seed)
         os.replace(temporary, final)
 
     def finalize(self):

@@ -168,8 +168,14 @@ def make_env(bddl_file, camera_names=(THIRD_PERSON_CAMERA,), resolution=256):
     )
 
 
-def reset_to_initial_state(env, initial_state):
-    """Resets the env to a recorded MuJoCo state, as the official evaluation does."""
+def reset_to_initial_state(env, initial_state, seed=None):
+    """Resets the env to a recorded MuJoCo state, as the official evaluation does.
+
+    `env.reset()` rebuilds the scene and places the fixtures (the cabinet, the stove...) with numpy's global
+    generator; their poses are not part of the MuJoCo state, so the same state in two resets can show (and
+    collide with) fixtures a millimetre apart. `seed` seeds that generator first, making the scene repeatable."""
+    if seed is not None:
+        np.random.seed(seed)
     env.reset()
     return env.set_init_state(initial_state)
 
@@ -194,7 +200,7 @@ class EpisodeResult:
     video_frames: list = field(default_factory=list)  # upright third-person frames
 
 
-def run_episode(env, policy, initial_state, instruction, max_policy_steps, record=False):
+def run_episode(env, policy, initial_state, instruction, max_policy_steps, record=False, seed=None):
     """The evaluation protocol, shared by every policy.
 
     Resets to `initial_state`, sends `NUM_WAIT_STEPS` dummy actions, calls `policy.reset()`, then asks
@@ -204,7 +210,8 @@ def run_episode(env, policy, initial_state, instruction, max_policy_steps, recor
 
     As in the authors' evaluation (`eval_solver_libero_256.py`), the policy's history starts after the waiting
     steps: it is reset then, so its first query sees the current frame alone. With `record`, actions, states
-    and the upright third-person frames are kept.
+    and the upright third-person frames are kept. `seed` makes the scene's fixtures repeatable
+    (`reset_to_initial_state`).
     """
     result = EpisodeResult(initial_state=np.asarray(initial_state))
     camera_key = THIRD_PERSON_CAMERA + "_image"
@@ -218,7 +225,7 @@ def run_episode(env, policy, initial_state, instruction, max_policy_steps, recor
             result.video_frames.append(third_person_frame(obs))
         return obs, done
 
-    obs = reset_to_initial_state(env, initial_state)
+    obs = reset_to_initial_state(env, initial_state, seed)
     if record and camera_key in obs:
         result.video_frames.append(third_person_frame(obs))
     for _ in range(NUM_WAIT_STEPS):

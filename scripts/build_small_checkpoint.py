@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig  # noqa: E402
 from modeling_worldvla import WorldVLAForConditionalGeneration, WorldVLAVQModel  # noqa: E402
-from processing_worldvla import WorldVLAProcessor, build_text_tokenizer  # noqa: E402
+from processing_worldvla import WorldVLAProcessor, build_text_tokenizer, vq_fingerprint  # noqa: E402
 
 INSTRUCTIONS_FILE = ROOT / "assets" / "libero_instructions.txt"
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def build_small_worldvla(
         max_position_embeddings=max_position_embeddings,
         **config_kwargs,
     )
+    config.vq_fingerprint = vq_fingerprint(vq_model)
     model = WorldVLAForConditionalGeneration(config).eval()
     processor = WorldVLAProcessor.from_config(config, tokenizer, vq_model)
     return model, processor

@@ -5,9 +5,10 @@
 
 The expert runs without cameras over the benchmark's initial states (`--trials`) and, with
 `--extra-random N`, until N episodes from random resets per task have succeeded; each successful
-episode is then replayed in a camera env from the same initial state to render `agentview_rgb` (and
-`eye_in_hand_rgb` unless `--cameras agentview`) at `--resolution`, after checking that the replay
-reproduces the recorded states. Only successful episodes are kept.
+episode is then replayed in a camera env from the same initial state and reset seed (the seed places the
+scene's fixtures, which the MuJoCo state does not hold) to render `agentview_rgb` (and `eye_in_hand_rgb`
+unless `--cameras agentview`) at `--resolution`, checking that the replay reproduces the recorded states.
+Only successful episodes are kept.
 
 Random reset i of task t is placed by a generator seeded with (seed, t, i), and each kept demo records
 its i (`random_reset`), so a rerun resumes after the last kept reset and the collection is the same
@@ -47,12 +48,20 @@ CAMERAS = {"agentview": (THIRD_PERSON_CAMERA,), "agentview,eye_in_hand": (THIRD_
 MAX_RANDOM_ATTEMPTS_PER_DEMO = 3
 
 
+def reset_seed(seed, task_id, reset_index):
+    """The numpy seed of a scene reset, from (seed, task, index): LIBERO places objects and fixtures with
+    numpy's global generator, so any reset can be redone alone. Fixed trials use indices from 1,000,000 on."""
+    return int(np.random.default_rng([seed, task_id, reset_index]).integers(2**31))
+
+
 def random_initial_state(env, seed, task_id, reset_index):
-    """The MuJoCo state of random reset `reset_index` of a task: LIBERO places objects with numpy's
-    global generator, seeded here from (seed, task, index) so that any reset can be redone alone."""
-    np.random.seed(int(np.random.default_rng([seed, task_id, reset_index]).integers(2**31)))
+    """The MuJoCo state of random reset `reset_index` of a task."""
+    np.random.seed(reset_seed(seed, task_id, reset_index))
     env.reset()
     return env.get_sim_state()
+
+
+FIXED_TRIAL_SEED_OFFSET = 1_000_000
 
 
 def collect_task(suite, task_id, args):
@@ -83,13 +92,16 @@ def collect_task(suite, task_id, args):
     def collect(trial, initial_state, random_reset=None):
         nonlocal kept, attempted
         attempted += 1
-        episode = run_episode(fast_env, expert, initial_state, task.language, MAX_POLICY_STEPS[suite.name], record=True)
+        index = random_reset if random_reset is not None else FIXED_TRIAL_SEED_OFFSET + trial
+        seed = reset_seed(args.seed, task_id, index)
+        # The same seed for the rollout and the rendering: the same fixtures in both scenes.
+        episode = run_episode(fast_env, expert, initial_state, task.language, MAX_POLICY_STEPS[suite.name], record=True, seed=seed)
         if not episode.success:
             logger.info("Task %d trial %d (random reset %s): expert failed, not kept", task_id, trial, random_reset)
             return False
-        arrays = replay_with_cameras(camera_env, episode)
+        arrays = replay_with_cameras(camera_env, episode, seed)
         check_replay_matches(episode.states, arrays["states"])
-        writer.append(arrays, initial_state, trial, random_reset)
+        writer.append(arrays, initial_state, trial, random_reset, seed)
         kept += 1
         return True
 

@@ -68,7 +68,8 @@ def test_replaying_actions_reproduces_states_and_success(demo_file):
     suite = libero_env.get_suite("libero_spatial")
     env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=())
     try:
-        libero_env.reset_to_initial_state(env, demo["init_state"])
+        with h5py.File(demo_file, "r") as file:
+            libero_env.reset_to_initial_state(env, demo["init_state"], int(file["data/demo_0"].attrs["reset_seed"]))
         done = False
         for state, action in zip(demo["states"], demo["actions"]):
             np.testing.assert_allclose(env.get_sim_state(), state, atol=1e-6)
@@ -85,3 +86,45 @@ def test_rerun_resumes_without_duplicates(demo_file):
         assert list(file["data"]) == ["demo_0"]
         assert file["data"].attrs["num_demos"] == 1
     assert not os.path.exists(str(demo_file) + ".parts")
+
+
+def test_stored_frames_are_the_observations_of_a_camera_rollout(demo_file):
+    """The stored frames are those a camera env observes when it runs the same actions from the same initial
+    state and reset seed: what a closed-loop evaluation sees."""
+    _, demos = read_demos(demo_file)
+    demo = demos["demo_0"]
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=(libero_env.THIRD_PERSON_CAMERA,), resolution=128)
+    try:
+        with h5py.File(demo_file, "r") as file:
+            seed = int(file["data/demo_0"].attrs["reset_seed"])
+        obs = libero_env.reset_to_initial_state(env, demo["init_state"], seed)
+        for step in range(12):
+            np.testing.assert_array_equal(obs["agentview_image"], demo["obs/agentview_rgb"][step])
+            obs, _, _, _ = env.step(demo["actions"][step])
+    finally:
+        env.close()
+
+
+def test_random_resets_resume_where_they_stopped(tmp_path):
+    """A rerun continues after the last kept random reset, and reset i is always the same placement: the
+    collection is the same whether it ran at once or in pieces."""
+    common = ["--suite", "libero_spatial", "--tasks", "0", "--trials", "0", "--resolution", "64", "--cameras", "agentview",
+              "--output-dir", str(tmp_path)]
+    collect_demos.main([*common, "--extra-random", "1"])
+    collect_demos.main([*common, "--extra-random", "2"])
+    path = tmp_path / f"{TASK_NAME}_demo.hdf5"
+    _, demos = read_demos(path)
+    with h5py.File(path, "r") as file:
+        resets = [int(file["data"][name].attrs["random_reset"]) for name in ("demo_0", "demo_1")]
+    assert resets[0] < resets[1]
+    assert "obs/eye_in_hand_rgb" not in demos["demo_0"] and demos["demo_0"]["obs/agentview_rgb"].shape[1:] == (64, 64, 3)
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=())
+    try:
+        for name, reset in zip(("demo_0", "demo_1"), resets):
+            state = collect_demos.random_initial_state(env, 0, 0, reset)
+            np.testing.assert_array_equal(state, demos[name]["init_state"])
+        assert not np.array_equal(collect_demos.random_initial_state(env, 0, 0, 99), demos["demo_0"]["init_state"])
+    finally:
+        env.close()

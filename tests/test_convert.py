@@ -401,7 +401,8 @@ def test_greedy_action_chunk_matches_the_release(model, processor, weights, rele
     for decoding in ("parallel", "sequential"):
         assert torch.equal(model.generate_action_tokens(**inputs, decoding=decoding)[0], expected), decoding
     actions = model.predict_action(**inputs, processor=processor)
-    np.testing.assert_allclose(actions, release_decode_actions(expected.numpy()), atol=1e-7)
+    assert actions.shape == (1, model.config.action_chunk_size, 7)
+    np.testing.assert_allclose(actions[0], release_decode_actions(expected.numpy()), atol=1e-7)
 
 
 def test_text_encoding_matches_the_base_model_tokenizer(release, processor):

@@ -1,4 +1,5 @@
-"""WorldVLA model: loss, cached generation, parallel decoding, world model, errors."""
+"""WorldVLA model: loss, cached generation, parallel decoding, world model, errors, an adapter on lm_head, and
+non-finite weights or values."""
 
 import copy
 
@@ -6,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 from transformers.generation import LogitsProcessorList
 
 from modeling_worldvla import (
     IGNORE_INDEX,
     ActionChunkLogitsProcessor,
     ImageTokensLogitsProcessor,
+    WorldVLAForConditionalGeneration,
     build_action_attention_mask,
 )
 from scripts.build_small_checkpoint import build_small_worldvla
@@ -33,6 +37,7 @@ def reference_loss(logits, labels, config):
     selected = targets != IGNORE_INDEX
     logits, targets = logits[selected], targets[selected]
     cross_entropy = F.cross_entropy(logits, targets, reduction="none")
+    # Written out, not `config.token_layout.is_image_code`: the reference must not share the code it checks.
     is_image = (targets >= config.image_token_offset) & (targets < config.image_token_offset + config.image_codebook_size)
     weights = torch.where(is_image, config.image_loss_weight, 1.0)
     z_loss = logits.logsumexp(-1).pow(2).mean()
@@ -135,10 +140,10 @@ def test_predict_action_shapes_and_statistics(small_worldvla, frames):
     model, processor = small_worldvla
     inputs = processor(text="pick up the black bowl", images=frames)
     actions = model.predict_action(**inputs, processor=processor)
-    assert actions.shape == (5, 7) and np.isfinite(actions).all()
+    assert actions.shape == (1, 5, 7) and np.isfinite(actions).all()  # (B, K, action_dim), B = 1 included
     low, high = processor.action_tokenizer.bounds()
     assert (actions >= low).all() and (actions <= high).all()
-    tokens = model.generate_action_tokens(**inputs)[0].numpy()
+    tokens = model.generate_action_tokens(**inputs).numpy()
     np.testing.assert_array_equal(actions, processor.decode_actions(tokens))
 
     batch = processor(text=["a", "b"], images=[frames, frames[::-1]])
@@ -162,7 +167,7 @@ def test_parallel_decoding_refused_without_action_mask(frames):
     inputs = processor(text="open the drawer", images=frames)
     with pytest.raises(ValueError, match="use decoding='sequential'"):
         model.predict_action(**inputs, processor=processor)
-    assert model.predict_action(**inputs, processor=processor, decoding="sequential").shape == (5, 7)
+    assert model.predict_action(**inputs, processor=processor, decoding="sequential").shape == (1, 5, 7)
 
 
 def test_processor_model_mismatch_is_reported(frames):
@@ -184,15 +189,15 @@ def test_world_model_generates_well_formed_frames(small_worldvla, frames):
     assert torch.equal(torch.tensor(processor.image_codes_to_token_ids(codes)), tokens[0])
 
     frame = model.predict_next_frame(frames[0], np.zeros(7), processor)
-    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
-    np.testing.assert_array_equal(frame, processor.decode_image_codes(codes[None])[0])
+    assert frame.shape == (1, 64, 64, 3) and frame.dtype == np.uint8  # (B, H, W, 3), B = 1 included
+    np.testing.assert_array_equal(frame, processor.decode_image_codes(codes[None]))
     batch = model.predict_next_frame(frames, np.zeros((2, 7)), processor)
     assert batch.shape == (2, 64, 64, 3)
-    np.testing.assert_array_equal(batch[0], frame)
+    np.testing.assert_array_equal(batch[:1], frame)
 
     imagined = model.rollout(frames[0], np.zeros((3, 7)), processor)
     assert imagined.shape == (3, 64, 64, 3)
-    np.testing.assert_array_equal(imagined[0], frame)
+    np.testing.assert_array_equal(imagined[:1], frame)
 
 
 def test_sampled_frames_are_reproducible_with_a_seed(small_worldvla, frames):
@@ -215,3 +220,64 @@ def test_cache_requires_a_full_mask(small_worldvla, frames):
         mask = build_action_attention_mask(ids, model.config)[:, :, -1:]
         last = model(ids[:, -1:], mask, past_key_values=cache).logits
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def three_prompts(processor, seed):
+    rng = np.random.default_rng(seed)
+    instructions = ["put the bowl on the plate", "open the top drawer", "turn on the stove"]
+    frames = [[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)] for _ in instructions]
+    return processor(text=instructions, images=frames)
+
+
+def test_lora_on_lm_head_reaches_the_loss_and_both_decoders(frames):
+    model, processor = build_small_worldvla(seed=4, residual_dropout=0.0)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head"], lora_dropout=0.0))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter an effect
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    batch = mixed_batch(processor, frames)
+    output = lora(**batch)
+    expected, _, _ = reference_loss(output.logits, batch["labels"], model.config)
+    torch.testing.assert_close(output.loss, expected)
+    output.loss.backward()
+    adapter_grads = {name: p.grad for name, p in lora.named_parameters() if "lm_head.lora" in name}
+    assert len(adapter_grads) == 2
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in adapter_grads.values())
+
+    lora.eval()
+    inputs = three_prompts(processor, seed=4)
+    parallel = model.generate_action_tokens(**inputs, decoding="parallel")
+    assert torch.equal(parallel, model.generate_action_tokens(**inputs, decoding="sequential"))
+    with lora.disable_adapter():
+        assert not torch.equal(model.generate_action_tokens(**inputs), parallel)  # the adapter does act
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "sequential"])
+@pytest.mark.parametrize("where", ["layer", "bin_row"])
+def test_non_finite_values_never_become_actions(frames, decoding, where):
+    model, processor = build_small_worldvla(seed=5)
+    layout = model.config.token_layout
+    with torch.no_grad():
+        if where == "layer":  # every hidden state and logit turns NaN
+            model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+        else:  # hidden states stay finite; one bin's logit is NaN, which argmax would pick
+            model.lm_head.weight[layout.first_action_bin_id + 3, 0] = float("nan")
+    inputs = processor(text="open the drawer", images=frames)
+    with pytest.raises(FloatingPointError, match="non-finite .*no action or frame is decoded"):
+        model.predict_action(**inputs, processor=processor, decoding=decoding)
+
+
+def test_loading_non_finite_weights_names_the_tensor(tmp_path):
+    model, _ = build_small_worldvla(seed=6)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.1.self_attn.k_proj.weight"][2, 3] = float("inf")
+    weights["lm_head.weight"][7, 0] = float("nan")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    names = r"non-finite weights \(NaN or inf\) in model\.layers\.1\.self_attn\.k_proj\.weight, lm_head\.weight: "
+    with pytest.raises(ValueError, match=names):
+        WorldVLAForConditionalGeneration.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=names):
+        AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)

@@ -128,7 +128,7 @@ print(json.dumps({{"class": type(model).__module__, "key": processor.default_unn
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["class"].startswith("transformers_modules")  # the copied code files, not this checkout
-    assert loaded["key"] == "data" and np.array(loaded["actions"]).shape == (5, 7)
+    assert loaded["key"] == "data" and np.array(loaded["actions"]).shape == (1, 5, 7)
     summary = json.loads((full_run / "model" / "training_summary.json").read_text())
     assert loaded["stats"]["min"] == pytest.approx(summary["statistics"]["min"])
     assert set(loaded["stats"]) == {"min", "max", "q01", "q99", "mean", "std"}

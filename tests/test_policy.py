@@ -1,0 +1,166 @@
+"""WorldVLAPolicy: the action queue, the history rule shared with training, one encoding per frame, and clear
+errors instead of actions for bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+import worldvla_data
+from policy_worldvla import WorldVLAPolicy
+from processing_worldvla import history_indices
+
+INSTRUCTION = "put the black bowl on the plate"
+
+
+@pytest.fixture
+def episode_frames():
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(12)]
+
+
+@pytest.fixture
+def recorded_prompts(small_worldvla, monkeypatch):
+    """The prompts the model is queried with, and the number of frames each VQ call encodes."""
+    model, processor = small_worldvla
+    prompts, encoded = [], []
+    generate, encode = model.generate_action_tokens, processor.encode_images
+
+    def recording_generate(input_ids, attention_mask=None, decoding="parallel"):
+        prompts.append(input_ids[0].tolist())
+        return generate(input_ids, attention_mask, decoding=decoding)
+
+    def counting_encode(images):
+        encoded.append(len(images))
+        return encode(images)
+
+    monkeypatch.setattr(model, "generate_action_tokens", recording_generate)
+    monkeypatch.setattr(processor, "encode_images", counting_encode)
+    return prompts, encoded
+
+
+def test_queue_executes_whole_chunks_and_prompts_follow_the_training_rule(small_worldvla, episode_frames, recorded_prompts):
+    model, processor = small_worldvla
+    prompts, encoded = recorded_prompts
+    policy = WorldVLAPolicy(model, processor)
+    actions = [policy.select_action(frame, INSTRUCTION) for frame in episode_frames]
+    assert len(prompts) == 3  # K = 5: queries at steps 0, 5 and 10
+    assert encoded == [1, 2, 2]  # steps 0; 4 and 5; 9 and 10: each frame a query sees, encoded once
+    codes = processor.encode_images(episode_frames)
+    for query, step in zip(prompts, (0, 5, 10)):
+        # The sample a training episode would give at this step, by worldvla_data's rule.
+        history = codes[list(history_indices(step, model.config.history_frames))]
+        assert query == processor.build_action_sample(INSTRUCTION, list(history))["input_ids"]
+    # The queued actions are the chunk predicted at the query, in order.
+    fresh = WorldVLAPolicy(model, processor)
+    chunk = fresh.predict_action_chunk(episode_frames[0], INSTRUCTION)
+    np.testing.assert_array_equal(np.stack(actions[:5]), chunk)
+    assert chunk.shape == (5, 7) and np.isfinite(chunk).all()
+
+
+def test_receding_horizon_reuses_the_previous_frame_codes(small_worldvla, episode_frames, recorded_prompts):
+    model, processor = small_worldvla
+    prompts, encoded = recorded_prompts
+    policy = WorldVLAPolicy(model, processor, n_action_steps=1)
+    for frame in episode_frames[:4]:
+        policy.select_action(frame, INSTRUCTION)
+    assert len(prompts) == 4 and encoded == [1, 1, 1, 1]
+
+
+def test_reset_starts_a_new_history_and_queue(small_worldvla, episode_frames, recorded_prompts):
+    model, processor = small_worldvla
+    prompts, _ = recorded_prompts
+    policy = WorldVLAPolicy(model, processor)
+    first = policy.select_action(episode_frames[0], INSTRUCTION)
+    policy.select_action(episode_frames[1], INSTRUCTION)
+    policy.reset()
+    again = policy.select_action(episode_frames[0], INSTRUCTION)
+    assert len(prompts) == 2 and prompts[0] == prompts[1]  # one frame again after the reset
+    np.testing.assert_array_equal(first, again)
+
+
+def test_a_new_instruction_drops_the_queued_actions(small_worldvla, episode_frames, recorded_prompts):
+    model, processor = small_worldvla
+    prompts, _ = recorded_prompts
+    policy = WorldVLAPolicy(model, processor)
+    policy.select_action(episode_frames[0], INSTRUCTION)
+    policy.select_action(episode_frames[1], "open the top drawer")
+    assert len(prompts) == 2
+
+
+def test_training_samples_use_the_same_history_rule(small_worldvla):
+    model, processor = small_worldvla
+    codes = np.arange(6 * 16).reshape(6, 4, 4).astype(np.int16) % 256
+    episode = worldvla_data.Episode("task", "demo_0", INSTRUCTION, codes, np.zeros((6, 7)))
+    samples = worldvla_data.WorldVLASamples([episode], processor, "libero", history_frames=2, chunk_size=5, kinds=("action",))
+    for index, (_, _, step) in enumerate(samples.index):
+        expected = processor.build_action_sample(INSTRUCTION, list(codes[list(history_indices(step, 2))]), np.zeros((5, 7)), "libero")
+        assert samples[index] == expected
+    assert list(history_indices(0, 2)) == [0] and list(history_indices(4, 2)) == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((32, 32, 3), np.uint8), r"shape \(32, 32, 3\).*uint8 \(64, 64, 3\)"),
+        (np.zeros((64, 64, 3), np.float32), "dtype float32"),
+        (np.zeros((64, 64), np.uint8), r"shape \(64, 64\)"),
+    ],
+)
+def test_bad_frames_are_refused(small_worldvla, frame, message):
+    policy = WorldVLAPolicy(*small_worldvla)
+    with pytest.raises(ValueError, match=message):
+        policy.select_action(frame, INSTRUCTION)
+
+
+def test_bad_arguments_are_refused(small_worldvla, episode_frames):
+    model, processor = small_worldvla
+    with pytest.raises(ValueError, match="unnorm_key 'bridge' has no action statistics.*libero"):
+        WorldVLAPolicy(model, processor, unnorm_key="bridge")
+    for steps in (0, 6, True):
+        with pytest.raises(ValueError, match="n_action_steps"):
+            WorldVLAPolicy(model, processor, n_action_steps=steps)
+    with pytest.raises(ValueError, match="instruction must be a non-empty string"):
+        WorldVLAPolicy(model, processor).select_action(episode_frames[0], "")
+
+
+def test_a_processor_of_another_model_is_refused(small_worldvla):
+    from scripts.build_small_checkpoint import build_small_worldvla
+
+    model, processor = small_worldvla
+    _, other_size = build_small_worldvla(image_size=128, seed=0)
+    with pytest.raises(ValueError, match="image_size"):
+        WorldVLAPolicy(model, other_size)
+    # Same layout, other VQ weights: its codes would mean nothing to the model.
+    _, other_weights = build_small_worldvla(seed=1)
+    model.config.vq_fingerprint = processing_fingerprint(processor)
+    try:
+        WorldVLAPolicy(model, processor)
+        with pytest.raises(ValueError, match="VQ image tokenizer is not the one"):
+            WorldVLAPolicy(model, other_weights)
+        model.config.action_statistics_keys = ["my_robot"]
+        with pytest.raises(ValueError, match=r"trained with action statistics \['my_robot'\]"):
+            WorldVLAPolicy(model, processor)
+    finally:
+        del model.config.vq_fingerprint
+        model.config.action_statistics_keys = None
+
+
+def processing_fingerprint(processor):
+    from processing_worldvla import vq_fingerprint
+
+    return vq_fingerprint(processor.vq_model)
+
+
+def test_non_finite_model_output_never_becomes_an_action(small_worldvla, episode_frames):
+    model, processor = small_worldvla
+    policy = WorldVLAPolicy(model, processor)
+    weight = model.lm_head.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+        with pytest.raises((FloatingPointError, RuntimeError), match="(?i)non-finite"):
+            policy.select_action(episode_frames[0], INSTRUCTION)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
