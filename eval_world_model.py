@@ -502,9 +502,7 @@ def upright(file, path, frames):
     """The training pipeline's orientation rule for a file's third-person frames (its image convention)."""
     import worldvla_data
 
-    if hasattr(worldvla_data, "read_image_convention"):
-        return worldvla_data.upright_frames(frames, worldvla_data.read_image_convention(file, path))
-    return worldvla_data.upright(frames)  # earlier worldvla_data: every file upside-down
+    return worldvla_data.upright_frames(frames, worldvla_data.read_image_convention(file, path))
 
 
 _warned_resize = set()
