@@ -436,3 +436,22 @@ def test_benchmark_loops_give_the_same_tokens_as_generate(small_worldvla):
     assert len(bench.frame_template(model.config)) == reference.shape[1] == model.config.image_sequence_length
     for fuse in (False, True):
         assert torch.equal(bench.manual_greedy(model, inputs["input_ids"], fuse_forced=fuse), reference)
+
+
+def test_load_lpips_is_a_frozen_differentiable_module(vgg_weights):
+    """`load_lpips` (train_vq.py's perceptual loss): tensors in [-1, 1], gradients reach the inputs only."""
+    network = metrics.load_lpips(vgg_weights)
+    network.train(True)  # torchmetrics' module stays in evaluation mode
+    assert not network.training and not any(p.requires_grad for p in network.parameters())
+    generator = torch.Generator().manual_seed(6)
+    target = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    prediction = (target + 0.2 * torch.randn(2, 3, 32, 32, generator=generator)).clamp(-1, 1).requires_grad_(True)
+    loss = network(prediction, target)
+    assert loss.shape == (2, 1, 1, 1)
+    loss.mean().backward()
+    assert prediction.grad is not None and prediction.grad.abs().sum() > 0
+    frames = ((prediction.detach() + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    truth = ((target + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(metrics.LPIPSVGG(vgg_weights)(frames, truth),
+                               100 * network(metrics.frames_to_signed_tensor(truth), metrics.frames_to_signed_tensor(frames)).flatten().detach().numpy(),
+                               rtol=1e-5)
