@@ -216,7 +216,7 @@ def main(argv=None):
 
             shutil.rmtree(staging)
         processor.save_pretrained(staging)
-        vq_training.publish(staging, final)
+        vq_training.publish_folder(staging, final)
         logger.info("saved the processor with the trained tokenizer to %s", final)
         write_evaluation(output_dir, model, heldout, state, args)
         if args.push_to_hub:

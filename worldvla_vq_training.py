@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import worldvla_data
+from train import publish_folder
 import worldvla_metrics
 from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
 from modeling_worldvla import WorldVLAVQModel
@@ -267,19 +268,6 @@ def build_processor(vq_model, image_size, n_action_bins=256):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def publish(staging, final):
-    """Make `staging` appear as `final` by renames only: a crash leaves the old `final` or none, never a half."""
-    final, staging = Path(final), Path(staging)
-    previous = final.with_name(final.name + ".previous")
-    if previous.exists():
-        shutil.rmtree(previous)
-    if final.exists():
-        final.rename(previous)
-    staging.rename(final)
-    if previous.exists():
-        shutil.rmtree(previous)
-
-
 def list_checkpoints(output_dir):
     """Complete checkpoints, oldest first (a complete one has its trainer state: it is written last)."""
     found = []
@@ -306,7 +294,7 @@ def save_checkpoint(output_dir, step, model, discriminator, optimizers, codebook
     save_file(tensors, staging / TRAINING_STATE)
     torch.save({name: optimizer.state_dict() for name, optimizer in optimizers.items()}, staging / OPTIMIZER_STATE)
     (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
-    publish(staging, final)
+    publish_folder(staging, final)
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
     return final
