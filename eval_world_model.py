@@ -86,6 +86,10 @@ def build_parser():
         help="which trajectories of the folder (worldvla_data.split_episodes); held_out = val_ind + val_ood",
     )
     data.add_argument(
+        "--val-split", choices=("release", "episodes"), default="release",
+        help="the rule the model's train.py run held episodes out with (its --val-split)",
+    )
+    data.add_argument(
         "--demos", default=None,
         help="named trajectories instead of a split: FILE:DEMO[,FILE:DEMO...], FILE relative to --data-dir "
         "(e.g. task_demo.hdf5:demo_3,task_demo.hdf5:demo_7)",
@@ -179,8 +183,9 @@ def demo_names(file, path):
     return names
 
 
-def folder_trajectories(data_dir):
-    """Every trajectory of the folder in the order the training split counts them, with its split name."""
+def folder_trajectories(data_dir, validation="release"):
+    """Every trajectory of the folder in the order the training split counts them, with its split name under
+    `validation`, the rule train.py held episodes out with (its --val-split)."""
     import h5py
     import worldvla_data
 
@@ -193,7 +198,7 @@ def folder_trajectories(data_dir):
         with h5py.File(path, "r") as file:
             listed += [(path, demo) for demo in demo_names(file, path)]
     tasks = [worldvla_data.task_name(path) for path, _ in listed]
-    splits = worldvla_data.split_episodes(tasks, use_validation=True)
+    splits = worldvla_data.split_episodes(tasks, validation)
     return [Trajectory(path, demo, task, split) for (path, demo), task, split in zip(listed, tasks, splits)]
 
 
@@ -218,7 +223,7 @@ def parse_demo_list(spec, data_dir):
 def select_trajectories(args):
     import worldvla_data
 
-    everything = folder_trajectories(args.data_dir)
+    everything = folder_trajectories(args.data_dir, args.val_split)
     if args.demos:
         by_key = {(t.path.resolve(), t.demo): t for t in everything}
         selected = []

@@ -41,6 +41,7 @@ from processing_worldvla import vq_fingerprint
 logger = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+ACTION_STATS_MODES = ("checkpoint", "quantile", "minmax")
 IGNORE_INDEX = -100
 
 
@@ -76,12 +77,23 @@ class DataArguments:
     dataset_key: str | None = field(
         default=None, metadata={"help": "Key of the new action statistics in the saved processor; default: the data folder's name."}
     )
-    action_stats: str = field(
-        default="dataset",
-        metadata={"help": "'dataset': normalise actions with min/max of the training data; 'checkpoint': with the checkpoint's statistics (--unnorm-key), as the release does with its fixed LIBERO bounds."},
+    action_stats: str | None = field(
+        default=None,
+        metadata={
+            "help": "Bounds of the 256 action bins: 'checkpoint' = the checkpoint's statistics (--unnorm-key; bins keep "
+            "their meaning, as the release's fixed LIBERO bounds), 'quantile' = q01/q99 of the training actions, values "
+            "beyond clipped (robust to outliers, as OpenVLA), 'minmax' = min/max of the training actions. Default: "
+            "'checkpoint' when fine-tuning --model, 'quantile' from scratch."
+        },
     )
     unnorm_key: str | None = field(default=None, metadata={"help": "Checkpoint statistics used with --action-stats checkpoint; default: the processor's default key."})
-    val_split: bool = field(default=True, metadata={"help": "Hold out the release's in- and out-of-distribution validation splits (--no-val-split: train on everything)."})
+    val_split: str = field(
+        default="release",
+        metadata={
+            "help": "Validation episodes held out: 'release' = the release's in-distribution episodes and "
+            "out-of-distribution last task, 'episodes' = in-distribution episodes only (every task is trained), 'none'."
+        },
+    )
     sample_kinds: str = field(default="action,world_model", metadata={"help": "Sample kinds to train on: action, world_model or both."})
     data_cache_dir: str | None = field(default=None, metadata={"help": "Where the tokenised episodes are cached (default: the datasets cache)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples of each validation split (an even spread)."})
@@ -131,8 +143,14 @@ def parse_arguments(argv=None):
         parser.error("give exactly one of --model and --from-scratch-config")
     if data_args.data_dir is None:
         parser.error("--data-dir is required")
-    if data_args.action_stats not in ("dataset", "checkpoint"):
-        parser.error(f"--action-stats must be 'dataset' or 'checkpoint', got {data_args.action_stats!r}")
+    if data_args.action_stats is None:
+        data_args.action_stats = "checkpoint" if model_args.model is not None else "quantile"
+    if data_args.action_stats not in ACTION_STATS_MODES:
+        parser.error(f"--action-stats must be one of {ACTION_STATS_MODES}, got {data_args.action_stats!r}")
+    if data_args.action_stats == "checkpoint" and model_args.model is None:
+        parser.error("--action-stats checkpoint needs --model (a model trained from scratch has no statistics yet)")
+    if data_args.val_split not in worldvla_data.VALIDATION_SPLITS:
+        parser.error(f"--val-split must be one of {worldvla_data.VALIDATION_SPLITS}, got {data_args.val_split!r}")
     if training_args.global_batch_size:
         per_step = training_args.per_device_train_batch_size * training_args.world_size
         if training_args.global_batch_size % per_step:
@@ -223,14 +241,7 @@ def build_datasets(data_args, processor, config, training_args):
         raise ValueError(f"no training episodes in {data_args.data_dir}")
 
     dataset_key = data_args.dataset_key or Path(data_args.data_dir).resolve().name
-    train_actions = np.concatenate([episode.actions for episode in by_split["train"]])
-    statistics = worldvla_data.compute_action_statistics(train_actions)
-    if data_args.action_stats == "checkpoint":
-        source_key = data_args.unnorm_key or processor.default_unnorm_key
-        low, high = processor.action_tokenizer.bounds(source_key)
-        clipped = ((train_actions < low) | (train_actions > high)).mean()
-        logger.info("normalising with the checkpoint's %r statistics; %.3f%% of action values clipped", source_key, 100 * clipped)
-        statistics.update(min=low.tolist(), max=high.tolist())
+    statistics = action_statistics(by_split["train"], data_args, processor)
     # The key always holds the bounds the bins were trained with, so predict_action un-normalises correctly.
     processor.add_action_statistics(dataset_key, statistics, make_default=True)
 
@@ -260,6 +271,30 @@ def build_datasets(data_args, processor, config, training_args):
     }
     logger.info("data: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
     return train, evaluation, summary
+
+
+def action_statistics(train_episodes, data_args, processor):
+    """Statistics of the training actions, with "min"/"max" set to the bounds the 256 bins will cover."""
+    train_actions = np.concatenate([episode.actions for episode in train_episodes])
+    statistics = worldvla_data.compute_action_statistics(train_actions)
+    statistics["data_min"], statistics["data_max"] = statistics["min"], statistics["max"]
+    bounds = data_args.action_stats
+    if data_args.action_stats == "checkpoint":
+        source_key = data_args.unnorm_key or processor.default_unnorm_key
+        low, high = processor.action_tokenizer.bounds(source_key)
+        bounds = f"checkpoint {source_key!r}"
+    elif data_args.action_stats == "quantile":
+        low, high = np.asarray(statistics["q01"]), np.asarray(statistics["q99"])
+        for outlier in worldvla_data.find_action_outliers(train_episodes, low, high):
+            logger.warning("action outlier (clipped to the q01/q99 bins): %s", outlier)
+    elif data_args.action_stats == "minmax":
+        low, high = np.asarray(statistics["min"]), np.asarray(statistics["max"])
+    else:
+        raise ValueError(f"action_stats must be one of {ACTION_STATS_MODES}, got {data_args.action_stats!r}")
+    clipped = ((train_actions < low) | (train_actions > high)).mean()
+    logger.info("action bins from %s (%s); %.3f%% of action values clipped", np.round(low, 4).tolist(), bounds, 100 * clipped)
+    statistics.update(min=np.asarray(low).tolist(), max=np.asarray(high).tolist())
+    return statistics
 
 
 def evenly_spread_subset(dataset, count):

@@ -252,17 +252,24 @@ def tokenised_episodes(data_dir, processor, cache_dir=None):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def split_episodes(tasks, use_validation=True):
+VALIDATION_SPLITS = ("release", "episodes", "none")
+
+
+def split_episodes(tasks, validation="release"):
     """Split names per episode, for episodes given as their task names in (task, demo) sorted order.
 
-    The release's rule: tasks sorted, those from index ceil(0.9 * n_tasks) on are "val_ood"; within each
-    other task, episodes from index ceil(0.9 * n_episodes) on are "val_ind"; the rest "train". With fewer than
-    10 tasks no task is out of distribution, with fewer than 10 episodes no episode of a task is held out.
+    "release" (the release's rule): tasks sorted, those from index ceil(0.9 * n_tasks) on are "val_ood";
+    within each other task, episodes from index ceil(0.9 * n_episodes) on are "val_ind"; the rest "train".
+    With fewer than 10 tasks no task is out of distribution, with fewer than 10 episodes no episode of a task
+    is held out. "episodes": the "val_ind" rule over every task (a model that must act in all of them).
+    "none": everything is "train".
     """
-    if not use_validation:
+    if validation not in VALIDATION_SPLITS:
+        raise ValueError(f"validation must be one of {VALIDATION_SPLITS}, got {validation!r}")
+    if validation == "none":
         return ["train"] * len(tasks)
     task_order = sorted(set(tasks))
-    first_ood_task = math.ceil(len(task_order) * SPLIT_FRACTION)
+    first_ood_task = math.ceil(len(task_order) * SPLIT_FRACTION) if validation == "release" else len(task_order)
     counts = {task: tasks.count(task) for task in task_order}
     seen = {task: 0 for task in task_order}
     splits = []
@@ -275,6 +282,22 @@ def split_episodes(tasks, use_validation=True):
             splits.append("train")
         seen[task] += 1
     return splits
+
+
+def find_action_outliers(episodes, low, high):
+    """Messages naming the file, demo, step and dimension of action values far outside [low, high]: beyond
+    it by more than its width (a corrupted value, a unit error), which the bins would otherwise absorb."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    margin = high - low
+    messages = []
+    for episode in episodes:
+        far = (episode.actions < low - margin) | (episode.actions > high + margin)
+        for step, dim in np.argwhere(far):
+            messages.append(
+                f"{episode.task}_demo.hdf5, data/{episode.demo}, step {step}, dimension {dim}: "
+                f"{episode.actions[step, dim]:.6g} outside [{low[dim]:.4g}, {high[dim]:.4g}] by more than its width"
+            )
+    return messages
 
 
 def compute_action_statistics(actions):

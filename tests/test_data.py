@@ -221,7 +221,12 @@ def test_split_follows_the_release_rule():
     assert set(worldvla_data.split_episodes([f"t{t}" for t in range(3) for _ in range(5)])) == {"train"}
     # 20 episodes: ceil(18) = 18, the last two are held out.
     assert worldvla_data.split_episodes(["a"] * 20)[-3:] == ["train", "val_ind", "val_ind"]
-    assert set(worldvla_data.split_episodes(tasks, use_validation=False)) == {"train"}
+    assert set(worldvla_data.split_episodes(tasks, "none")) == {"train"}
+    # "episodes": the in-distribution rule in every task, none held out whole.
+    by_episodes = worldvla_data.split_episodes(tasks, "episodes")
+    assert by_episodes == (["train"] * 9 + ["val_ind"]) * 10
+    with pytest.raises(ValueError, match="validation must be one of"):
+        worldvla_data.split_episodes(tasks, True)
 
 
 def test_demos_are_read_in_numeric_order(tmp_path):

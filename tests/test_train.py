@@ -1,6 +1,7 @@
 """train.py end to end on a tiny WorldVLA (2 layers, 64-px frames) and small LIBERO-format HDF5 files."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import EvalPrediction
 
 import train
+import worldvla_data
 from modeling_worldvla import WorldVLAForConditionalGeneration
 from processing_worldvla import LIBERO_ACTION_STATISTICS
 from scripts.build_small_checkpoint import build_small_worldvla
@@ -84,7 +86,11 @@ def test_recipe_defaults():
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.95, 0.1, 4.0)
     assert args.num_train_epochs == 40 and args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
     assert (model_args.residual_dropout, model_args.z_loss_weight, model_args.image_loss_weight) == (0.05, 1e-5, 0.04)
-    assert model_args.lora_rank == 0 and data_args.val_split and data_args.action_stats == "dataset"
+    assert model_args.lora_rank == 0 and data_args.val_split == "release" and data_args.action_stats == "checkpoint"
+    _, scratch_data_args, _ = train.parse_arguments(["--from-scratch-config", "small", "--data-dir", "d", "--use-cpu"])
+    assert scratch_data_args.action_stats == "quantile"
+    with pytest.raises(SystemExit):
+        train.parse_arguments(["--from-scratch-config", "small", "--data-dir", "d", "--action-stats", "checkpoint"])
     with pytest.raises(SystemExit):
         train.parse_arguments(["--model", "x", "--data-dir", "d", "--per-device-train-batch-size", "5"])
 
@@ -131,7 +137,7 @@ print(json.dumps({{"class": type(model).__module__, "key": processor.default_unn
     assert loaded["key"] == "data" and np.array(loaded["actions"]).shape == (1, 5, 7)
     summary = json.loads((full_run / "model" / "training_summary.json").read_text())
     assert loaded["stats"]["min"] == pytest.approx(summary["statistics"]["min"])
-    assert set(loaded["stats"]) == {"min", "max", "q01", "q99", "mean", "std"}
+    assert set(loaded["stats"]) == {"min", "max", "data_min", "data_max", "q01", "q99", "mean", "std"}
     local = WorldVLAForConditionalGeneration.from_pretrained(full_run / "model")
     assert float(logits_of(local, torch.tensor(loaded["ids"])).double().sum()) == pytest.approx(loaded["logit_sum"], rel=1e-6)
     card = (full_run / "model" / "README.md").read_text()
@@ -206,23 +212,44 @@ def test_two_processes_match_one(workspace):
 
 def test_action_statistics_modes(workspace):
     args = train.WorldVLATrainingArguments(output_dir=str(workspace / "stats"), use_cpu=True)
-    for mode in ("dataset", "checkpoint"):
+    for mode in ("minmax", "quantile", "checkpoint"):
         model, processor = build_small_worldvla(seed=0)
         data_args = train.DataArguments(data_dir=str(workspace / "data"), data_cache_dir=str(workspace / "cache"), action_stats=mode)
         train_set, evaluation, summary = train.build_datasets(data_args, processor, model.config, args)
         stats = processor.action_statistics["data"]
         assert processor.default_unnorm_key == "data" and train_set.unnorm_key == "data"
         actions = np.concatenate([e.actions for e in train_set.episodes])
-        if mode == "dataset":
-            assert stats["min"] == pytest.approx(actions.min(0).tolist())
-            assert stats["max"] == pytest.approx(actions.max(0).tolist())
-        else:
-            assert stats["min"] == pytest.approx(LIBERO_ACTION_STATISTICS["min"])
-            assert stats["max"] == pytest.approx(LIBERO_ACTION_STATISTICS["max"])
+        expected = {
+            "minmax": (actions.min(0), actions.max(0)),
+            "quantile": (np.quantile(actions, 0.01, axis=0), np.quantile(actions, 0.99, axis=0)),
+            "checkpoint": (LIBERO_ACTION_STATISTICS["min"], LIBERO_ACTION_STATISTICS["max"]),
+        }[mode]
+        assert stats["min"] == pytest.approx(list(expected[0])) and stats["max"] == pytest.approx(list(expected[1]))
+        assert stats["data_min"] == pytest.approx(actions.min(0).tolist())
         assert stats["q99"] == pytest.approx(np.quantile(actions, 0.99, axis=0).tolist())
     # 2 tasks x 3 demos: nothing is held out (ceil(0.9 * 2) = 2 tasks, ceil(0.9 * 3) = 3 demos).
     assert evaluation == {} and summary["episodes"] == {"train": 6, "val_ind": 0, "val_ood": 0}
     assert summary["train_sample_kinds"] == {"action": 6 * (14 - 5 + 1), "world_model": 6 * 13}
+
+
+def test_quantile_bounds_survive_a_corrupted_value_and_name_it(caplog):
+    rng = np.random.default_rng(0)
+    episodes = [worldvla_data.Episode("task_a", f"demo_{i}", "x", np.zeros((40, 2, 2), np.int16), rng.uniform(-1, 1, (40, 7)))
+                for i in range(5)]
+    episodes[3].actions[17, 2] = 1e6
+    _, processor = build_small_worldvla(seed=0)
+    with caplog.at_level(logging.WARNING, logger="train"):
+        quantile = train.action_statistics(episodes, train.DataArguments(action_stats="quantile"), processor)
+    minmax = train.action_statistics(episodes, train.DataArguments(action_stats="minmax"), processor)
+    assert "task_a_demo.hdf5, data/demo_3, step 17, dimension 2: 1e+06" in caplog.text
+    assert sum("action outlier" in record.message for record in caplog.records) == 1
+    # min/max spreads the 256 bins over [-1, 1e6]: every real dz value falls in one bin; q01/q99 keeps them apart.
+    processor.add_action_statistics("minmax", minmax)
+    processor.add_action_statistics("quantile", quantile)
+    dz = np.concatenate([e.actions for e in episodes])
+    dz = dz[np.abs(dz[:, 2]) < 1]
+    assert len(np.unique(processor.action_tokenizer.encode(dz, "minmax")[:, 2])) == 1
+    assert len(np.unique(processor.action_tokenizer.encode(dz, "quantile")[:, 2])) > 100
 
 
 def test_evaluation_metrics_on_known_predictions():
