@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoProcessor,
     HfArgumentParser,
@@ -186,8 +185,16 @@ def load_model_and_processor(model_args, on_cuda):
     elif model_args.from_scratch_config is not None:
         if model_args.processor is None:
             raise ValueError("--from-scratch-config with a config.json needs --processor (the tokenizers and VQ)")
-        config = AutoConfig.from_pretrained(model_args.from_scratch_config, trust_remote_code=True, **overrides)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        from configuration_worldvla import WorldVLAConfig
+        from modeling_worldvla import WorldVLAForConditionalGeneration
+
+        config_file = Path(model_args.from_scratch_config)
+        if config_file.is_dir():
+            config_file = config_file / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"--from-scratch-config {model_args.from_scratch_config}: no such config file")
+        config = WorldVLAConfig.from_dict({**json.loads(config_file.read_text()), **overrides})
+        model = WorldVLAForConditionalGeneration(config)
         processor = AutoProcessor.from_pretrained(model_args.processor, trust_remote_code=True)
     else:
         dtype = torch.float32

@@ -2,10 +2,14 @@
 training from scratch.
 
 It uses the compact token layout (`WorldVLAConfig.compact_token_layout`), a byte-level BPE text tokenizer
-trained on LIBERO's instructions (`assets/libero_instructions.txt`) and a small VQGAN with the real
-architecture (16x downsampling) and few channels.
+trained on LIBERO's instructions (`assets/libero_instructions.txt`) and a small random VQGAN with the real
+architecture (16x downsampling) and few channels, or, with `--processor`, the text tokenizer and trained VQ of
+a processor folder (e.g. `train_vq.py`'s `processor/`), whose image size and codebook then set the layout.
 
     python scripts/build_small_checkpoint.py --output-dir runs/small-worldvla --image-size 64
+    python scripts/build_small_checkpoint.py --output-dir runs/init --processor runs/vq/processor --layers 4 --hidden-size 256
+
+The folder's `config.json` is what `train.py --from-scratch-config ... --processor <folder>` takes.
 """
 
 import argparse
@@ -27,6 +31,10 @@ INSTRUCTIONS_FILE = ROOT / "assets" / "libero_instructions.txt"
 logger = logging.getLogger(__name__)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the module docstring kept as written."""
+
+
 def build_small_worldvla(
     image_size=64,
     hidden_size=64,
@@ -40,22 +48,31 @@ def build_small_worldvla(
     vq_channels=16,
     max_position_embeddings=None,
     seed=0,
+    processor=None,
     **config_kwargs,
 ):
-    """(model, processor) of a small random WorldVLA, deterministic for a given seed."""
+    """(model, processor) of a small random WorldVLA, deterministic for a given seed; with `processor`, its
+    text tokenizer, VQ (and so image size and codebook) and action statistics instead of random ones."""
     torch.manual_seed(seed)
-    instructions = INSTRUCTIONS_FILE.read_text().splitlines()
-    tokenizer = build_text_tokenizer(instructions, vocab_size=text_vocab_size)
-    vq_config = WorldVLAVQConfig(
-        num_embeddings=codebook_size,
-        embed_dim=8,
-        latent_channels=8,
-        base_channels=vq_channels,
-        channel_multiplier=[1, 1, 2, 2, 4],
-        num_res_blocks=1,
-        norm_num_groups=4,
-    )
-    vq_model = WorldVLAVQModel(vq_config).eval()
+    if processor is None:
+        instructions = INSTRUCTIONS_FILE.read_text().splitlines()
+        tokenizer = build_text_tokenizer(instructions, vocab_size=text_vocab_size)
+        vq_config = WorldVLAVQConfig(
+            num_embeddings=codebook_size,
+            embed_dim=8,
+            latent_channels=8,
+            base_channels=vq_channels,
+            channel_multiplier=[1, 1, 2, 2, 4],
+            num_res_blocks=1,
+            norm_num_groups=4,
+        )
+        vq_model = WorldVLAVQModel(vq_config).eval()
+        statistics, default_key = None, None
+    else:
+        tokenizer, vq_model = processor.tokenizer, processor.vq_model
+        vq_config = vq_model.config
+        image_size, codebook_size = processor.layout["image_size"], vq_config.num_embeddings
+        statistics, default_key = processor.action_statistics, processor.default_unnorm_key
     layout = WorldVLAConfig.compact_token_layout(len(tokenizer), codebook_size)
     grid = image_size // vq_config.downsample_factor
     image_tokens = 3 + grid * (grid + 1) + 1
@@ -77,32 +94,45 @@ def build_small_worldvla(
     )
     config.vq_fingerprint = vq_fingerprint(vq_model)
     model = WorldVLAForConditionalGeneration(config).eval()
-    processor = WorldVLAProcessor.from_config(config, tokenizer, vq_model)
+    if statistics is None:
+        processor = WorldVLAProcessor.from_config(config, tokenizer, vq_model)
+    else:
+        processor = WorldVLAProcessor.from_config(config, tokenizer, vq_model, statistics, default_key)
+    processor.check_compatible(config, check_weights=True)
     return model, processor
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--processor", default=None, help="processor folder whose text tokenizer, VQ and action statistics to use")
+    parser.add_argument("--image-size", type=int, default=64, help="frame side (random VQ only; --processor sets it)")
+    parser.add_argument("--codebook-size", type=int, default=256, help="codes of the random VQ (--processor sets it)")
     parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: 2 x hidden)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=5)
-    parser.add_argument("--history-frames", type=int, default=2)
-    parser.add_argument("--codebook-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=5, help="actions per chunk (K)")
+    parser.add_argument("--history-frames", type=int, default=2, help="frames the policy sees (M)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    processor = None
+    if args.processor is not None:
+        if not Path(args.processor).is_dir():
+            parser.error(f"--processor {args.processor}: no such folder")
+        processor = WorldVLAProcessor.from_pretrained(args.processor)
     model, processor = build_small_worldvla(
         image_size=args.image_size,
         hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         action_chunk_size=args.chunk_size,
         history_frames=args.history_frames,
         codebook_size=args.codebook_size,
         seed=args.seed,
+        processor=processor,
     )
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)

@@ -1,6 +1,7 @@
 """train_vq.py: the image tokenizer trains, resumes exactly, keeps its codebook in use, and refuses bad data."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -53,6 +54,33 @@ def test_saved_processor_gives_the_same_codes(data_dir, tmp_path):
     assert torch.equal(processor.encode_images(list(frames[:8])), expected)
     assert processor.layout["image_size"] == 32 and processor.layout["image_patch_size"] == 8
     assert processor.layout["image_codebook_size"] == 32
+
+
+def test_processor_feeds_a_model_built_and_trained_from_scratch(data_dir, tmp_path):
+    """The user's path: train_vq.py -> build_small_checkpoint.py --processor -> train.py --from-scratch-config."""
+    import subprocess
+    import sys
+
+    import train
+
+    run(data_dir, tmp_path / "vq", "--max-steps", "2", "--eval-every", "2", "--save-every", "2")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build_small_checkpoint.py"
+    subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path / "init"), "--processor", str(tmp_path / "vq" / "processor"),
+                    "--layers", "1", "--hidden-size", "32"], check=True, capture_output=True)
+    built = WorldVLAProcessor.from_pretrained(tmp_path / "init")
+    trained = WorldVLAProcessor.from_pretrained(tmp_path / "vq" / "processor")
+    frames, _, _ = vq_training.load_frames([data_dir], 32)
+    assert torch.equal(built.encode_images(list(frames[:4])), trained.encode_images(list(frames[:4])))
+    config = json.loads((tmp_path / "init" / "config.json").read_text())
+    assert config["image_size"] == 32 and config["image_patch_size"] == 8 and config["num_hidden_layers"] == 1
+    train.main(["--from-scratch-config", str(tmp_path / "init" / "config.json"), "--processor", str(tmp_path / "init"),
+                "--data-dir", str(data_dir), "--data-cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "model"),
+                "--max-steps", "2", "--per-device-train-batch-size", "2", "--global-batch-size", "2", "--save-strategy", "no",
+                "--eval-strategy", "no", "--disable-tqdm", "true", "--report-to", "none", "--use-cpu"])
+    summary = json.loads((tmp_path / "model" / "model" / "training_summary.json").read_text())
+    assert summary["action_stats"] == "quantile"
+    saved = WorldVLAProcessor.from_pretrained(tmp_path / "model" / "model")
+    assert torch.equal(saved.encode_images(list(frames[:4])), trained.encode_images(list(frames[:4])))
 
 
 def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
