@@ -32,7 +32,8 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import worldvla_data
 from processing_worldvla import vq_fingerprint
@@ -537,6 +538,43 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
     return output_dir / targets[-1]
 
 
+def safetensors_problem(path):
+    """Why a .safetensors file cannot be loaded (truncated, bad header), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            return f"{path}: {size} bytes, too short for a safetensors header"
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > size - 8:
+            return f"{path}: header of {header_size} bytes in a {size}-byte file (truncated?)"
+        try:
+            header = json.loads(file.read(header_size))
+        except ValueError:
+            return f"{path}: unreadable safetensors header"
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_size + data_end != size:
+        return f"{path}: {size} bytes, its header says {8 + header_size + data_end} (truncated?)"
+    return None
+
+
+def last_complete_checkpoint(output_dir):
+    """The newest checkpoint-N that the Trainer finished (its trainer state is written last) with loadable
+    weights; newer incomplete ones (a run killed while saving) are skipped with a warning."""
+    found = []
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    for _, path in sorted(found, reverse=True):
+        problems = [] if (path / TRAINER_STATE_NAME).is_file() else [f"no {TRAINER_STATE_NAME}"]
+        problems += [problem for weights in sorted(path.glob("*.safetensors")) if (problem := safetensors_problem(weights))]
+        if not problems:
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s: %s", path, "; ".join(problems))
+    return None
+
+
 def push_folder(folder, repo_id, token, private):
     from huggingface_hub import HfApi
 
@@ -581,7 +619,7 @@ def main(argv=None):
     )
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "latest", "true", "True"):
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = last_complete_checkpoint(training_args.output_dir)
         if resume is None:
             raise ValueError(f"--resume-from-checkpoint {training_args.resume_from_checkpoint}: no checkpoint in {training_args.output_dir}")
     train_result = trainer.train(resume_from_checkpoint=resume)

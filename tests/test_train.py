@@ -163,6 +163,27 @@ def test_resume_lands_on_the_same_step_and_weights(workspace):
     assert not all(torch.equal(at_stop[name], resumed[name]) for name in at_stop)
 
 
+def test_resume_last_skips_a_checkpoint_cut_while_saving(workspace, caplog):
+    import shutil
+
+    source = workspace / "uninterrupted"  # written by the test above: checkpoint-4 and checkpoint-8
+    if not (source / "checkpoint-8").is_dir():
+        run_train(workspace, source, "--max-steps", 8, "--save-strategy", "steps", "--save-steps", 4)
+    crashed = workspace / "crashed"
+    shutil.rmtree(crashed, ignore_errors=True)
+    crashed.mkdir()
+    for name in ("checkpoint-4", "checkpoint-8"):
+        shutil.copytree(source / name, crashed / name)
+    weights = crashed / "checkpoint-8" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # killed mid-write
+    (crashed / "checkpoint-12").mkdir()  # killed before anything was written
+    with caplog.at_level("WARNING", logger="train"):
+        assert train.last_complete_checkpoint(crashed) == str(crashed / "checkpoint-4")
+    assert f"{weights}: " in caplog.text and "truncated" in caplog.text and "checkpoint-12: no trainer_state.json" in caplog.text
+    assert train.last_complete_checkpoint(workspace / "nothing-here") is None
+    assert train.safetensors_problem(source / "checkpoint-8" / "model.safetensors") is None
+
+
 def test_lora_adapter_reload_and_merge_give_identical_outputs(workspace):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
