@@ -40,6 +40,7 @@ from libero_sim.env import (
     run_episode,
     third_person_frame,
 )
+from policy_worldvla import missing_local_checkpoint
 
 logger = logging.getLogger("eval_libero")
 
@@ -536,8 +537,8 @@ def parse_args(argv=None):
         return args
     if args.policy == "worldvla" and not args.model:
         parser.error("--model is required with --policy worldvla")
-    if args.policy == "worldvla" and not Path(args.model).exists() and (args.model.startswith((".", "/", "~")) or args.model.count("/") > 1):
-        parser.error(f"--model {args.model}: no such folder (and not a Hub id of the form owner/name)")
+    if args.policy == "worldvla" and missing_local_checkpoint(args.model):
+        parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
     try:

@@ -20,6 +20,7 @@ statistics the processor does not have, or a chunk that is not K finite actions 
 """
 
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,19 @@ try:
     from .processing_worldvla import history_indices
 except ImportError:
     from processing_worldvla import history_indices
+
+
+def missing_local_checkpoint(name_or_path):
+    """Why `name_or_path` cannot be a checkpoint, when it reads as a local folder that does not exist; None
+    otherwise. A Hub id (`owner/name`, or a bare legacy name) has at most one slash and no leading '.', '/' or
+    '~'. Without this, a mistyped path is reported by the Hub client as a malformed repo id."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{name} is a file, not a checkpoint folder"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/"):
+        return f"{name}: no such folder (and not a Hub id of the form owner/name)"
+    return None
 
 
 class WorldVLAPolicy:
@@ -71,6 +85,9 @@ class WorldVLAPolicy:
         (default: CUDA when present). The VQ encoder runs on the same device."""
         from transformers import AutoModelForCausalLM, AutoProcessor
 
+        problem = missing_local_checkpoint(pretrained_model_name_or_path)
+        if problem:
+            raise FileNotFoundError(problem)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True)

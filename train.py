@@ -36,6 +36,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import worldvla_data
+from policy_worldvla import missing_local_checkpoint
 from processing_worldvla import vq_fingerprint
 
 logger = logging.getLogger("train")
@@ -143,6 +144,14 @@ def parse_arguments(argv=None):
         parser.error("give exactly one of --model and --from-scratch-config")
     if data_args.data_dir is None:
         parser.error("--data-dir is required")
+    # Inputs are checked here, before a model is loaded: a mistake costs a second, not a 7B load.
+    try:
+        worldvla_data.list_task_files(data_args.data_dir)
+    except worldvla_data.LiberoDataError as error:
+        parser.error(f"--data-dir: {error}")
+    for option, value in (("--model", model_args.model), ("--processor", model_args.processor)):
+        if value is not None and missing_local_checkpoint(value):
+            parser.error(f"{option} {missing_local_checkpoint(value)}")
     if data_args.action_stats is None:
         data_args.action_stats = "checkpoint" if model_args.model is not None else "quantile"
     if data_args.action_stats not in ACTION_STATS_MODES:

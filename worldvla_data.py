@@ -64,6 +64,8 @@ class LiberoDataError(ValueError):
 
 def list_task_files(data_dir):
     """The task files of a folder (`*.hdf5`, sorted by name: the order the split rule counts in)."""
+    if not Path(data_dir).is_dir():
+        raise LiberoDataError(f"{data_dir}: no such folder")
     files = sorted(Path(data_dir).glob("*.hdf5"))
     if not files:
         raise LiberoDataError(f"no .hdf5 files in {data_dir}")

@@ -80,19 +80,43 @@ def full_run(workspace):
     return output_dir
 
 
-def test_recipe_defaults():
-    model_args, data_args, args = train.parse_arguments(["--model", "x", "--data-dir", "d", "--use-cpu"])
+def test_recipe_defaults(workspace):
+    model_args, data_args, args = train.parse_arguments(["--model", "x", "--data-dir", str(workspace / "data"), "--use-cpu"])
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (5e-6, "constant_with_warmup", 0.01)
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.95, 0.1, 4.0)
     assert args.num_train_epochs == 40 and args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
     assert (model_args.residual_dropout, model_args.z_loss_weight, model_args.image_loss_weight) == (0.05, 1e-5, 0.04)
     assert model_args.lora_rank == 0 and data_args.val_split == "release" and data_args.action_stats == "checkpoint"
-    _, scratch_data_args, _ = train.parse_arguments(["--from-scratch-config", "small", "--data-dir", "d", "--use-cpu"])
+    _, scratch_data_args, _ = train.parse_arguments(["--from-scratch-config", "small", "--data-dir", str(workspace / "data"), "--use-cpu"])
     assert scratch_data_args.action_stats == "quantile"
     with pytest.raises(SystemExit):
-        train.parse_arguments(["--from-scratch-config", "small", "--data-dir", "d", "--action-stats", "checkpoint"])
+        train.parse_arguments(["--from-scratch-config", "small", "--data-dir", str(workspace / "data"), "--action-stats", "checkpoint"])
     with pytest.raises(SystemExit):
-        train.parse_arguments(["--model", "x", "--data-dir", "d", "--per-device-train-batch-size", "5"])
+        train.parse_arguments(["--model", "x", "--data-dir", str(workspace / "data"), "--per-device-train-batch-size", "5"])
+
+
+def test_inputs_are_checked_before_any_model_is_loaded(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["--model", "x/y", "--data-dir", str(tmp_path / "missing")], "no such folder"),
+        (["--model", "x/y", "--data-dir", str(empty)], "no .hdf5 files in"),
+        (["--model", str(tmp_path / "no-model"), "--data-dir", str(empty)], "no .hdf5 files in"),
+    ]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a_demo.hdf5").write_bytes(b"")
+    cases += [
+        (["--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path / "data")], f"--model {tmp_path / 'no-model'}: no such folder"),
+        (["--model", "runs/a/b", "--data-dir", str(tmp_path / "data")], "not a Hub id of the form owner/name"),
+        (["--model", "org/name", "--processor", "./proc", "--data-dir", str(tmp_path / "data")], "--processor ./proc: no such folder"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            train.parse_arguments([*argv, "--use-cpu"])
+        assert message in capsys.readouterr().err
+    # A Hub id of the form owner/name passes (it is resolved when loaded).
+    model_args, _, _ = train.parse_arguments(["--model", "org/name", "--data-dir", str(tmp_path / "data"), "--use-cpu"])
+    assert model_args.model == "org/name"
 
 
 def test_help_lists_the_options(capsys):

@@ -1,0 +1,193 @@
+"""Reproduces the shipped WorldVLA checkpoint in one command: demos -> image tokenizer -> model -> LIBERO.
+
+    python scripts/reproduce_checkpoint.py --work-dir runs/spatial64            # every stage
+    python scripts/reproduce_checkpoint.py --work-dir runs/spatial64 --stages eval,ship
+
+Stages, each a run of the project's own command-line tools (the exact commands are logged and written to
+`<work-dir>/commands.json`), each resumable: rerun the same command after a stop and every stage continues
+from what is on disk (finished demos, the last complete tokenizer or Trainer checkpoint, finished episodes).
+
+| stage | tool | output |
+|---|---|---|
+| demos | `scripts/collect_demos.py`, one process per group of tasks | `--data-dir`: one HDF5 file per task, `--demos-per-task` random-reset demos each |
+| vq | `train_vq.py` | `<work-dir>/vq/processor` (text tokenizer + trained VQ), `<work-dir>/vq/eval` |
+| init | `scripts/build_small_checkpoint.py --processor` | `<work-dir>/init`: the random model around that processor |
+| train | `train.py --from-scratch-config` | `<work-dir>/train/model`, validation curves in its `training_summary.json` |
+| eval | `eval_libero.py` | `<work-dir>/eval`: the benchmark's fixed initial states `--eval-trials` of every task |
+| ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
+
+The defaults are the configuration of the shipped checkpoint (`checkpoints/worldvla-libero-spatial-64`); the
+demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
+"""
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STAGES = ("demos", "vq", "init", "train", "eval", "ship")
+logger = logging.getLogger("reproduce_checkpoint")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=type("Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
+    )
+    parser.add_argument("--work-dir", required=True, help="tokenizer, model, evaluation and logs of this run")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run, of {', '.join(STAGES)}")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes for demos and evaluation")
+    data = parser.add_argument_group("demos")
+    data.add_argument("--suite", default="libero_spatial", choices=("libero_spatial", "libero_object"))
+    data.add_argument("--data-dir", default=None, help="demo folder (default: data/<suite>_<resolution>)")
+    data.add_argument("--demos-per-task", type=int, default=20, help="random-reset demos per task")
+    data.add_argument("--resolution", type=int, default=64, help="rendered frame side: the tokenizer's and the model's")
+    data.add_argument("--seed", type=int, default=0, help="seed of the random resets")
+    vq = parser.add_argument_group("image tokenizer")
+    vq.add_argument("--vq-steps", type=int, default=3000)
+    vq.add_argument("--vq-batch-size", type=int, default=16)
+    vq.add_argument("--vq-learning-rate", type=float, default=1e-3)
+    model = parser.add_argument_group("model")
+    model.add_argument("--layers", type=int, default=4)
+    model.add_argument("--hidden-size", type=int, default=256)
+    model.add_argument("--heads", type=int, default=4)
+    model.add_argument("--chunk-size", type=int, default=5, help="K")
+    model.add_argument("--history-frames", type=int, default=2, help="M")
+    train = parser.add_argument_group("training")
+    train.add_argument("--train-steps", type=int, default=1500)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--eval-steps", type=int, default=250, help="steps between validation passes and checkpoints")
+    evaluation = parser.add_argument_group("evaluation and shipping")
+    evaluation.add_argument("--eval-trials", default="0-9", help="fixed initial states per task (eval_libero.py --trials)")
+    evaluation.add_argument("--name", default="worldvla-libero-spatial-64", help="folder under checkpoints/ to ship to")
+    return parser.parse_args(argv)
+
+
+def stage_commands(args):
+    """{stage: [argv, ...]}: the commands each stage runs (several for parallel demo collection)."""
+    work = Path(args.work_dir)
+    data_dir = Path(args.data_dir or f"data/{args.suite}_{args.resolution}")
+    python = sys.executable
+    task_groups = [",".join(str(t) for t in range(10) if t % args.workers == w) for w in range(args.workers)]
+    demos = [
+        [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
+         "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", "agentview",
+         "--seed", str(args.seed), "--output-dir", str(data_dir)]
+        for group in task_groups
+    ]
+    vq = [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
+           "--image-size", str(args.resolution), "--max-steps", str(args.vq_steps), "--batch-size", str(args.vq_batch_size),
+           "--learning-rate", str(args.vq_learning_rate), "--eval-every", str(max(args.vq_steps // 10, 1)),
+           "--save-every", str(max(args.vq_steps // 10, 1)), "--seed", str(args.seed)]]
+    init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(work / "vq" / "processor"),
+             "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
+             "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
+             "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed)]]
+    train = [[python, "train.py", "--from-scratch-config", str(work / "init" / "config.json"), "--processor", str(work / "init"),
+              "--data-dir", str(data_dir), "--data-cache-dir", str(work / "cache"), "--dataset-key", args.suite,
+              "--val-split", "episodes", "--max-eval-samples", "512", "--output-dir", str(work / "train"),
+              "--max-steps", str(args.train_steps), "--global-batch-size", str(args.batch_size),
+              "--per-device-train-batch-size", str(min(args.batch_size, 16)), "--learning-rate", str(args.learning_rate),
+              "--lr-scheduler-type", "cosine", "--warmup-steps", "0.05", "--weight-decay", "0.1", "--max-grad-norm", "1.0",
+              "--eval-strategy", "steps", "--eval-steps", str(args.eval_steps), "--save-strategy", "steps",
+              "--save-steps", str(args.eval_steps), "--save-total-limit", "2", "--logging-steps", "25",
+              "--dataloader-num-workers", "0", "--seed", str(args.seed), "--report-to", "none", "--disable-tqdm", "true"]]
+    evaluate = [[python, "eval_libero.py", "--model", str(work / "train" / "model"), "--suite", args.suite, "--tasks", "all",
+                 "--trials", args.eval_trials, "--num-workers", str(args.workers), "--threads", "1",
+                 "--output-dir", str(work / "eval")]]
+    return {"demos": demos, "vq": vq, "init": init, "train": train, "eval": evaluate}
+
+
+def run_parallel(commands, log_dir, stage):
+    """Runs the commands at once, each logging to its own file; raises if any fails."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running = []
+    for index, command in enumerate(commands):
+        log = open(log_dir / f"{stage}{'' if len(commands) == 1 else f'_{index}'}.log", "a")
+        logger.info("%s: %s", stage, shlex.join(command))
+        running.append((command, log, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+    failed = []
+    for command, log, process in running:
+        if process.wait() != 0:
+            failed.append(f"{shlex.join(command)} (exit {process.returncode}, log {log.name})")
+        log.close()
+    if failed:
+        raise SystemExit(f"stage {stage} failed: " + "; ".join(failed))
+
+
+def ship(args, commands):
+    """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands."""
+    work = Path(args.work_dir)
+    model_dir, eval_dir = work / "train" / "model", work / "eval"
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    target = ROOT / "checkpoints" / args.name
+    staging = target.with_name(target.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging)
+    (staging / "eval").mkdir()
+    for name in ("results.md", "summary.json", "settings.json"):
+        shutil.copy2(eval_dir / name, staging / "eval" / name)
+    for name in ("metrics.json", "results.md", "reconstructions.png", "psnr_curve.png"):
+        if (work / "vq" / "eval" / name).is_file():
+            (staging / "vq_eval").mkdir(exist_ok=True)
+            shutil.copy2(work / "vq" / "eval" / name, staging / "vq_eval" / name)
+    card = (staging / "README.md").read_text()
+    reproduce = " \\\n    ".join(shlex.join(command[1:] if command[0] == sys.executable else command) for stage in commands.values() for command in stage)
+    card += (
+        f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of every task)\n\n"
+        f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes. Per task "
+        f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}\n"
+        "## Reproduce\n\n```bash\npython scripts/reproduce_checkpoint.py --work-dir runs/reproduce\n```\n\n"
+        f"which runs, stage by stage:\n\n```bash\npython {reproduce}\n```\n"
+    )
+    (staging / "README.md").write_text(card)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    logger.info("shipped %s (%.1f MB)", target, size / 1e6)
+    if size > 100e6:
+        raise SystemExit(f"{target} is {size / 1e6:.0f} MB: over the 100 MB a checkpoint in git may hold")
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}: choose from {', '.join(STAGES)}")
+    commands = stage_commands(args)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "commands.json").write_text(json.dumps({stage: [shlex.join(c) for c in cs] for stage, cs in commands.items()}, indent=2))
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage == "ship":
+            ship(args, commands)
+        elif stage == "vq" and (work / "vq" / "processor").is_dir() and (work / "vq" / "eval" / "metrics.json").is_file():
+            logger.info("vq: %s exists, skipped", work / "vq" / "processor")
+        elif stage == "train" and (work / "train" / "model").is_dir():
+            logger.info("train: %s exists, skipped", work / "train" / "model")
+        else:
+            command_list = commands[stage]
+            if stage == "train":
+                import train as train_module
+
+                if train_module.last_complete_checkpoint(work / "train"):
+                    command_list = [command_list[0] + ["--resume-from-checkpoint", "last"]]
+            run_parallel(command_list, work / "logs", stage)
+        logger.info("stage %s done", stage)
+
+
+if __name__ == "__main__":
+    main()
