@@ -1140,6 +1140,12 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         config = self.config
         chunk, block = config.action_chunk_size, config.action_block_length
         attention_mask = self._check_prompt(input_ids, attention_mask, chunk * block)
+        frames = ((input_ids == config.token_layout.image_start_token_id) & attention_mask.bool()).sum(-1)
+        if int(frames.max()) > config.history_frames:
+            raise ValueError(
+                f"an action prompt holds {int(frames.max())} frames; this model was trained on at most "
+                f"history_frames={config.history_frames} (pass the last {config.history_frames})"
+            )
         if decoding == "sequential":
             grammar = ActionChunkLogitsProcessor(config, input_ids.shape[1])
             generated = self._generate_with_grammar(input_ids, attention_mask, chunk * block, grammar)

@@ -162,6 +162,18 @@ def test_prompt_longer_than_context(small_worldvla, frames):
         model.predict_action(**inputs, processor=processor)
 
 
+def test_more_frames_than_the_history_is_refused(small_worldvla, frames):
+    model, processor = small_worldvla
+    assert model.config.history_frames == 2 == len(frames)
+    inputs = processor(text="pick up the black bowl", images=[*frames, frames[0]])
+    for decoding in ("parallel", "sequential"):
+        with pytest.raises(ValueError, match=r"holds 3 frames; .* history_frames=2 \(pass the last 2\)"):
+            model.predict_action(**inputs, processor=processor, decoding=decoding)
+    # Padding does not count: a batch of a one-frame and a two-frame prompt is fine.
+    batch = processor(text=["a", "b"], images=[frames[:1], frames])
+    assert model.predict_action(**batch, processor=processor).shape == (2, 5, 7)
+
+
 def test_parallel_decoding_refused_without_action_mask(frames):
     model, processor = build_small_worldvla(use_action_attention_mask=False)
     inputs = processor(text="open the drawer", images=frames)
