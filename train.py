@@ -416,10 +416,13 @@ def make_compute_metrics(processor, config, unnorm_key):
 
 
 def publish_folder(staging, final):
-    """Make `staging` appear as `final` by renames only: a crash leaves the old `final`, or none, never half of one."""
+    """Make `staging` appear as `final` by renames only: a crash leaves the old `final` (or, between the two
+    renames, the old one as `<final>.previous`, put back by the next call), never half of one."""
     final, staging = Path(final), Path(staging)
     previous = final.with_name(final.name + ".previous")
-    if previous.exists():
+    if previous.exists() and not final.exists():
+        previous.rename(final)  # a crash between the renames of an earlier call
+    elif previous.exists():
         shutil.rmtree(previous)
     if final.exists():
         final.rename(previous)

@@ -10,9 +10,10 @@ import torch
 from modeling_worldvla import build_action_attention_mask
 
 
-def reference_allowed(ids, real, config):
+def reference_allowed(ids, real, config, rows=None):
     """The rule of the paper, written token by token: causal, padding hidden, and a token of an action block
-    that starts after the start of the last image sees no other action block. Every token sees itself."""
+    that starts after the start of the last image sees no other action block. Every token sees itself.
+    `rows`: only these query rows (the others stay False)."""
     length = len(ids)
     block_of, block_start, block, inside = [0] * length, {}, 0, False
     for i, token in enumerate(ids):
@@ -26,7 +27,7 @@ def reference_allowed(ids, real, config):
     image_starts = [i for i, token in enumerate(ids) if token == config.image_start_token_id]
     last_image = image_starts[-1] if image_starts else -1
     allowed = np.zeros((length, length), dtype=bool)
-    for query in range(length):
+    for query in range(length) if rows is None else rows:
         for key in range(query + 1):
             visible = bool(real[key])
             cut_off = block_of[query] and block_start[block_of[query]] > last_image
@@ -171,17 +172,22 @@ def test_eager_and_sdpa_agree(small_worldvla, frames):
     torch.testing.assert_close(eager_logits[real], sdpa_logits[real], rtol=1e-5, atol=1e-5)
 
 
-def test_mask_build_is_vectorised_for_long_batches(small_worldvla):
-    """A 4 x 2,000-token batch builds in one pass (no Python loop over tokens would finish this fast)."""
+def test_mask_of_a_long_padded_batch_follows_the_rule(small_worldvla):
+    """4 sequences of up to 2,000 tokens (images, text, actions, right padding of different lengths): sampled rows
+    of every sequence, the last rows included, equal the token-by-token rule."""
     config = small_worldvla[0].config
     rng = random.Random(5)
-    ids = []
-    for _ in range(4):
+    ids, real = [], []
+    for length in (2000, 1700, 1990, 1200):
         sequence = random_image(config, rng) + [config.separator_token_id]
-        while len(sequence) < 2000:
-            sequence += random_action(config, rng)
-        ids.append(sequence[:2000])
-    mask = build_action_attention_mask(torch.tensor(ids), config)
+        while len(sequence) < length:
+            sequence += random_action(config, rng) if rng.random() < 0.8 else random_image(config, rng)
+        sequence = sequence[:length] + [config.pad_token_id] * (2000 - length)
+        ids.append(sequence)
+        real.append([1] * length + [0] * (2000 - length))
+    mask = build_action_attention_mask(torch.tensor(ids), config, attention_mask=torch.tensor(real))
     assert mask.shape == (4, 1, 2000, 2000)
-    expected = reference_allowed(ids[0][:300], [1] * 300, config)
-    np.testing.assert_array_equal((mask[0, 0, :300, :300] == 0).numpy(), expected)
+    for row in range(4):
+        rows = sorted(set(rng.sample(range(2000), 40)) | {0, 1999})
+        expected = reference_allowed(ids[row], real[row], config, rows)
+        np.testing.assert_array_equal((mask[row, 0, rows] == 0).numpy(), expected[rows])

