@@ -189,7 +189,6 @@ def test_resume_lands_on_the_same_step_and_weights(workspace):
 
 
 def test_resume_last_skips_a_checkpoint_cut_while_saving(workspace, caplog):
-
     source = workspace / "uninterrupted"  # written by the test above: checkpoint-4 and checkpoint-8
     if not (source / "checkpoint-8").is_dir():
         run_train(workspace, source, "--max-steps", 8, "--save-strategy", "steps", "--save-steps", 4)
