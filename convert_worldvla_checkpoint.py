@@ -451,10 +451,8 @@ def check_released_token_layout(vocab, config, source):
     expected.update(
         {f"<reserved{8800 + n:05d}>": config.image_grid_token_offset + n for n in range(MAX_IMAGE_GRID + 1)}
     )
-    first_bin = config.action_token_offset + 1
-    expected.update(
-        {f"<reserved{token_id - 4:05d}>": token_id for token_id in range(first_bin, first_bin + config.n_action_bins)}
-    )
+    bins = config.token_layout.action_bin_slice
+    expected.update({f"<reserved{token_id - 4:05d}>": token_id for token_id in range(bins.start, bins.stop)})
     problems = [
         f"{name}: id {vocab.get(name)}, expected {token_id}"
         for name, token_id in expected.items()

@@ -26,17 +26,16 @@ import torch
 from transformers import BatchFeature, PreTrainedTokenizerFast, ProcessorMixin
 
 try:
-    from .configuration_worldvla import PROCESSOR_LAYOUT_FIELDS, IMAGE_GRID_UNIT, WorldVLAConfig
+    from .configuration_worldvla import IGNORE_INDEX, PROCESSOR_LAYOUT_FIELDS, WorldVLAConfig, WorldVLATokenLayout
     from .modeling_worldvla import WorldVLAVQModel
 except ImportError:
-    from configuration_worldvla import PROCESSOR_LAYOUT_FIELDS, IMAGE_GRID_UNIT, WorldVLAConfig
+    from configuration_worldvla import IGNORE_INDEX, PROCESSOR_LAYOUT_FIELDS, WorldVLAConfig, WorldVLATokenLayout
     from modeling_worldvla import WorldVLAVQModel
 
 ACTION_PROMPT = "What action should the robot take to {instruction}?"
 WORLD_MODEL_PROMPT = (
     "Generate the next image based on the provided sequence of historical images and corresponding actions."
 )
-IGNORE_INDEX = -100
 VQ_SUBFOLDER = "vqgan"
 
 # The release normalises every LIBERO suite with these bounds (dx, dy, dz, drot x3, gripper).
@@ -226,7 +225,7 @@ class WorldVLAProcessor(ProcessorMixin):
     Builds WorldVLA sequences and reads them back.
 
     Args:
-        tokenizer: the text tokenizer (BOS at `layout["bos_token_id"]`).
+        tokenizer: the text tokenizer (BOS at `layout.bos_token_id`).
         vq_model (`WorldVLAVQModel`): the VQ image tokenizer, saved in the `vqgan/` subfolder.
         layout (`dict`): the token ids and sizes shared with the model (`WorldVLAConfig.processor_layout()`).
         action_statistics (`dict`): {dataset key: {"min": [...], "max": [...], optional "q01", "q99", ...}}.
@@ -249,6 +248,7 @@ class WorldVLAProcessor(ProcessorMixin):
         missing = [name for name in PROCESSOR_LAYOUT_FIELDS if name not in self.layout]
         if missing:
             raise ValueError(f"processor layout lacks {missing}")
+        self.token_layout = WorldVLATokenLayout(**{name: self.layout[name] for name in PROCESSOR_LAYOUT_FIELDS})
         self.action_statistics = copy.deepcopy(
             {DEFAULT_UNNORM_KEY: LIBERO_ACTION_STATISTICS} if action_statistics is None else action_statistics
         )
@@ -260,11 +260,11 @@ class WorldVLAProcessor(ProcessorMixin):
                 f"default_unnorm_key {default_unnorm_key!r} has no statistics (known: {sorted(self.action_statistics)})"
             )
         factor = vq_model.config.downsample_factor
-        if factor != self.layout["image_patch_size"] or vq_model.config.num_embeddings != self.layout["image_codebook_size"]:
+        if factor != self.token_layout.image_patch_size or vq_model.config.num_embeddings != self.token_layout.image_codebook_size:
             raise ValueError(
                 f"the VQ model (downsampling {factor}, {vq_model.config.num_embeddings} codes) does not match the "
-                f"layout (image_patch_size {self.layout['image_patch_size']}, "
-                f"image_codebook_size {self.layout['image_codebook_size']})"
+                f"layout (image_patch_size {self.token_layout.image_patch_size}, "
+                f"image_codebook_size {self.token_layout.image_codebook_size})"
             )
         super().__init__(tokenizer, chat_template=chat_template)
 
@@ -275,9 +275,9 @@ class WorldVLAProcessor(ProcessorMixin):
     def _check_statistics(self, key, stats):
         for name in ("min", "max"):
             values = np.asarray(stats.get(name, []), dtype=np.float64)
-            if values.shape != (self.layout["action_dim"],) or not np.isfinite(values).all():
+            if values.shape != (self.token_layout.action_dim,) or not np.isfinite(values).all():
                 raise ValueError(
-                    f"action statistics {key!r}: {name!r} must be {self.layout['action_dim']} finite numbers, "
+                    f"action statistics {key!r}: {name!r} must be {self.token_layout.action_dim} finite numbers, "
                     f"got {stats.get(name)!r}"
                 )
         if (np.asarray(stats["max"]) < np.asarray(stats["min"])).any():
@@ -361,9 +361,9 @@ class WorldVLAProcessor(ProcessorMixin):
     @property
     def action_tokenizer(self):
         return ActionTokenizer(
-            self.layout["action_token_offset"],
-            self.layout["n_action_bins"],
-            self.layout["action_dim"],
+            self.token_layout.action_token_offset,
+            self.token_layout.n_action_bins,
+            self.token_layout.action_dim,
             self.action_statistics,
             self.default_unnorm_key,
         )
@@ -382,7 +382,7 @@ class WorldVLAProcessor(ProcessorMixin):
 
     def actions_to_token_ids(self, actions, unnorm_key=None):
         """Actions (N, action_dim) -> N blocks [action start] bins [action end], encoded in one pass."""
-        start, end = self.layout["action_start_token_id"], self.layout["action_end_token_id"]
+        start, end = self.token_layout.action_start_token_id, self.token_layout.action_end_token_id
         return [[start, *bins, end] for bins in self.action_tokenizer.encode(actions, unnorm_key).tolist()]
 
     def decode_actions(self, bin_tokens, unnorm_key=None):
@@ -397,7 +397,7 @@ class WorldVLAProcessor(ProcessorMixin):
     def encode_images(self, images):
         """uint8 frames (image_size x image_size x 3 each) -> VQ codes (N, h, w), on the CPU."""
         pixel_values = images_to_pixel_values(images)
-        size = self.layout["image_size"]
+        size = self.token_layout.image_size
         if pixel_values.shape[-2:] != (size, size):
             height, width = pixel_values.shape[-2:]
             raise ValueError(
@@ -412,38 +412,26 @@ class WorldVLAProcessor(ProcessorMixin):
 
     def image_codes_to_token_ids(self, codes):
         """Codes (h, w) -> [start][grid H][grid W] (w codes, row end) x h [end]."""
-        codes = torch.as_tensor(codes)
-        height, width = codes.shape
-        patch, layout = self.layout["image_patch_size"], self.layout
-        rows = torch.cat(
-            [codes.long() + layout["image_token_offset"], torch.full((height, 1), layout["image_row_end_token_id"])],
-            dim=1,
-        )
-        grid_h = layout["image_grid_token_offset"] + height * patch // IMAGE_GRID_UNIT
-        grid_w = layout["image_grid_token_offset"] + width * patch // IMAGE_GRID_UNIT
-        return [layout["image_start_token_id"], grid_h, grid_w, *rows.flatten().tolist(), layout["image_end_token_id"]]
+        return self.token_layout.frame_token_ids(torch.as_tensor(codes).tolist())
 
     def image_tokens_to_codes(self, token_ids):
         """The inverse of `image_codes_to_token_ids`; a malformed sequence raises a ValueError saying where."""
         ids = torch.as_tensor(token_ids).long().flatten()
-        layout, grid = self.layout, self.layout["image_size"] // self.layout["image_patch_size"]
-        expected_length = 3 + grid * (grid + 1) + 1
-        if ids.numel() != expected_length:
-            raise ValueError(f"malformed image tokens: {ids.numel()} tokens, a frame has {expected_length}")
-        grid_token = layout["image_grid_token_offset"] + layout["image_size"] // IMAGE_GRID_UNIT
-        header = [layout["image_start_token_id"], grid_token, grid_token]
-        if ids[:3].tolist() != header or int(ids[-1]) != layout["image_end_token_id"]:
+        layout, grid = self.token_layout, self.token_layout.image_grid_size
+        if ids.numel() != layout.image_sequence_length:
+            raise ValueError(f"malformed image tokens: {ids.numel()} tokens, a frame has {layout.image_sequence_length}")
+        header = layout.frame_template[:3]
+        if ids[:3].tolist() != header or int(ids[-1]) != layout.image_end_token_id:
             raise ValueError(
                 f"malformed image tokens: header {ids[:3].tolist()} / end {int(ids[-1])}, expected {header} / "
-                f"{layout['image_end_token_id']}"
+                f"{layout.image_end_token_id}"
             )
         rows = ids[3:-1].view(grid, grid + 1)
-        if (rows[:, -1] != layout["image_row_end_token_id"]).any():
+        if (rows[:, -1] != layout.image_row_end_token_id).any():
             raise ValueError("malformed image tokens: a row does not end with the row-end token")
-        codes = rows[:, :-1] - layout["image_token_offset"]
-        if ((codes < 0) | (codes >= layout["image_codebook_size"])).any():
+        if not layout.is_image_code(rows[:, :-1]).all():
             raise ValueError("malformed image tokens: a code position holds a token that is not a VQ code")
-        return codes
+        return rows[:, :-1] - layout.image_token_offset
 
     def decode_image_tokens(self, token_ids):
         """Image token ids (N, tokens_per_frame) -> uint8 frames (N, H, W, 3)."""
@@ -455,35 +443,29 @@ class WorldVLAProcessor(ProcessorMixin):
 
     def encode_text(self, text):
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        reserved = [i for i in ids if self._is_image_or_action_id(i)]
+        reserved = [i for i in ids if self.token_layout.is_image_code(i) or self.token_layout.is_action_bin(i)]
         if reserved:
             raise ValueError(f"text {text!r} encodes to image or action ids {reserved[:5]}")
         return ids
-
-    def _is_image_or_action_id(self, token_id):
-        layout = self.layout
-        image = layout["image_token_offset"] <= token_id < layout["image_token_offset"] + layout["image_codebook_size"]
-        action = layout["action_token_offset"] < token_id <= layout["action_token_offset"] + layout["n_action_bins"]
-        return image or action
 
     def build_action_sample(self, instruction, image_codes, actions=None, unnorm_key=None):
         """Action-model sample: {"input_ids", "labels"} lists; the prompt alone when `actions` is None.
 
         `image_codes`: the history frames' VQ codes, oldest first; `actions`: (K, action_dim) continuous.
         """
-        layout = self.layout
-        prompt = [layout["bos_token_id"], *self.encode_text(ACTION_PROMPT.format(instruction=instruction))]
+        layout = self.token_layout
+        prompt = [layout.bos_token_id, *self.encode_text(ACTION_PROMPT.format(instruction=instruction))]
         for codes in image_codes:
             prompt += self.image_codes_to_token_ids(codes)
-        prompt.append(layout["separator_token_id"])
+        prompt.append(layout.separator_token_id)
         answer = []
         if actions is not None:
             actions = np.asarray(actions, dtype=np.float64)
             if actions.ndim != 2:
-                raise ValueError(f"actions must have shape (K, {layout['action_dim']}), got {actions.shape}")
+                raise ValueError(f"actions must have shape (K, {layout.action_dim}), got {actions.shape}")
             for block in self.actions_to_token_ids(actions, unnorm_key):
                 answer += block
-            answer.append(layout["separator_token_id"])
+            answer.append(layout.separator_token_id)
         return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
 
     def build_world_model_sample(self, image_codes, actions, next_image_codes=None, unnorm_key=None):
@@ -492,26 +474,26 @@ class WorldVLAProcessor(ProcessorMixin):
         `image_codes`: N frames' codes; `actions`: (N, action_dim). The prompt alone when `next_image_codes`
         is None.
         """
-        layout = self.layout
+        layout = self.token_layout
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or len(actions) != len(image_codes):
             raise ValueError(
                 f"a world-model sample pairs each of its {len(image_codes)} frames with one action: got actions "
                 f"of shape {actions.shape}"
             )
-        prompt = [layout["bos_token_id"], *self.encode_text(WORLD_MODEL_PROMPT)]
+        prompt = [layout.bos_token_id, *self.encode_text(WORLD_MODEL_PROMPT)]
         for codes, block in zip(image_codes, self.actions_to_token_ids(actions, unnorm_key)):
             prompt += self.image_codes_to_token_ids(codes) + block
-        prompt.append(layout["separator_token_id"])
+        prompt.append(layout.separator_token_id)
         answer = []
         if next_image_codes is not None:
-            answer = self.image_codes_to_token_ids(next_image_codes) + [layout["separator_token_id"]]
+            answer = self.image_codes_to_token_ids(next_image_codes) + [layout.separator_token_id]
         return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
 
     def pad(self, samples, return_tensors="pt"):
         """Right-pad a list of samples ({"input_ids", optional "labels"}) into a batch with an attention mask."""
         longest = max(len(sample["input_ids"]) for sample in samples)
-        pad_id = self.layout["pad_token_id"]
+        pad_id = self.token_layout.pad_token_id
         batch = {"input_ids": [], "attention_mask": []}
         with_labels = all("labels" in sample for sample in samples)
         if with_labels:

@@ -36,6 +36,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import worldvla_data
+from configuration_worldvla import IGNORE_INDEX
 from policy_worldvla import missing_local_checkpoint
 from processing_worldvla import vq_fingerprint
 
@@ -43,7 +44,6 @@ logger = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 ACTION_STATS_MODES = ("checkpoint", "quantile", "minmax")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -361,7 +361,7 @@ def make_preprocess_logits_for_metrics(config):
     """(B, L, V) logits -> three (B, L) arrays aligned with the labels (position i: the prediction of token i):
     the argmax, the argmax among action bins, and the cross-entropy of the label token. Only these are kept
     across evaluation batches, never the logits."""
-    first_bin = config.action_token_offset + 1
+    bins = config.token_layout.action_bin_slice
 
     def preprocess_logits_for_metrics(logits, labels):
         if isinstance(logits, tuple):
@@ -371,7 +371,7 @@ def make_preprocess_logits_for_metrics(config):
         for row_logits, row_targets in zip(logits[:, :-1], targets):  # a row at a time: fp32 logits stay small
             row_logits = row_logits.float()
             predicted.append(row_logits.argmax(-1))
-            predicted_bin.append(row_logits[:, first_bin : first_bin + config.n_action_bins].argmax(-1) + first_bin)
+            predicted_bin.append(row_logits[:, bins].argmax(-1) + bins.start)
             cross_entropy.append(row_logits.logsumexp(-1) - row_logits.gather(-1, row_targets[:, None]).squeeze(-1))
         pad = torch.full((labels.shape[0], 1), IGNORE_INDEX, device=labels.device)
         return (
@@ -390,8 +390,8 @@ def make_compute_metrics(processor, config, unnorm_key):
     def compute_metrics(evaluation):
         predicted, predicted_bin, cross_entropy = evaluation.predictions
         labels = evaluation.label_ids
-        is_action = (labels > config.action_token_offset) & (labels <= config.action_token_offset + config.n_action_bins)
-        is_image = (labels >= config.image_token_offset) & (labels < config.image_token_offset + config.image_codebook_size)
+        is_action = config.token_layout.is_action_bin(labels)
+        is_image = config.token_layout.is_image_code(labels)
         metrics = {}
         if is_action.any():
             metrics["action_token_accuracy"] = float((predicted[is_action] == labels[is_action]).mean())

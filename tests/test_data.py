@@ -159,8 +159,11 @@ def test_missing_instruction_and_empty_folder(tmp_path):
         file["data"].attrs["problem_info"] = "{}"
     with pytest.raises(worldvla_data.LiberoDataError, match="language_instruction"):
         list(worldvla_data.read_libero_file(path, 64))
-    with pytest.raises(worldvla_data.LiberoDataError, match="no .hdf5 files"):
+    with pytest.raises(worldvla_data.LiberoDataError, match="nothing: no such folder"):
         worldvla_data.list_task_files(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(worldvla_data.LiberoDataError, match="no .hdf5 files in"):
+        worldvla_data.list_task_files(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
