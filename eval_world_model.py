@@ -186,7 +186,6 @@ def demo_names(file, path):
 def folder_trajectories(data_dir, validation="release"):
     """Every trajectory of the folder in the order the training split counts them, with its split name under
     `validation`, the rule train.py held episodes out with (its --val-split)."""
-    import h5py
     import worldvla_data
 
     try:
@@ -195,7 +194,7 @@ def folder_trajectories(data_dir, validation="release"):
         raise EvaluationError(str(error)) from None
     listed = []
     for path in files:
-        with h5py.File(path, "r") as file:
+        with worldvla_data.open_libero_file(path) as file:
             listed += [(path, demo) for demo in demo_names(file, path)]
     tasks = [worldvla_data.task_name(path) for path, _ in listed]
     splits = worldvla_data.split_episodes(tasks, validation)
@@ -257,12 +256,11 @@ def frames_needed(horizons, first_frame):
 
 def inspect_trajectory(trajectory):
     """Fill in the trajectory's length after the no-op filter, checking its keys without reading its frames."""
-    import h5py
     import numpy as np
     import worldvla_data
 
     where = f"{trajectory.path}, data/{trajectory.demo}"
-    with h5py.File(trajectory.path, "r") as file:
+    with worldvla_data.open_libero_file(trajectory.path) as file:
         if "data" not in file or trajectory.demo not in file["data"]:
             raise EvaluationError(f"{trajectory.path}: no data/{trajectory.demo} (has {demo_names(file, trajectory.path)})")
         group = file["data"][trajectory.demo]
@@ -517,10 +515,9 @@ def load_episode_frames(trajectory, image_size, num_frames):
     """(frames (num_frames, S, S, 3) uint8, actions (num_frames, 7)) prepared as `worldvla_data.read_libero_file`
     prepares them for training (no-op steps dropped with their frames, upright, resized only when needed), reading
     only this demo."""
-    import h5py
     import worldvla_data
 
-    with h5py.File(trajectory.path, "r") as file:
+    with worldvla_data.open_libero_file(trajectory.path) as file:
         actions, frames = worldvla_data.read_demo(file["data"][trajectory.demo], trajectory.path, trajectory.demo)
         keep = worldvla_data.keep_mask_without_noops(actions)
         frames = upright(file, trajectory.path, frames[keep][:num_frames])
@@ -1004,8 +1001,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from worldvla_data import LiberoDataError
+
     try:
         main()
-    except EvaluationError as error:
+    except (EvaluationError, LiberoDataError) as error:
         logging.getLogger("eval_world_model").error("%s", error)
         sys.exit(2)

@@ -20,8 +20,10 @@ its encoder AND decoder, parameter names as in Meta's `vqgan.ckpt`; the processo
 float32 only: a code is an argmin over 8,192 close distances, and bf16 activations would change codes.
 """
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +42,47 @@ try:
     from .configuration_worldvla import IGNORE_INDEX, WorldVLAConfig, WorldVLAVQConfig
 except ImportError:
     from configuration_worldvla import IGNORE_INDEX, WorldVLAConfig, WorldVLAVQConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: a broken weights file is named
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def safetensors_problem(path):
+    """Why the .safetensors file at `path` cannot be loaded (truncated, unreadable header), or None."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            return f"{path}: {size} bytes, too short for a safetensors header"
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > size - 8:
+            return f"{path}: a {header_size}-byte header in a {size}-byte file (truncated?)"
+        try:
+            header = json.loads(file.read(header_size))
+        except ValueError:
+            return f"{path}: unreadable safetensors header"
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_size + data_end != size:
+        return f"{path}: {size} bytes, its header says {8 + header_size + data_end} (truncated?)"
+    return None
+
+
+def _load_naming_broken_files(load, pretrained_model_name_or_path, subfolder=""):
+    """`load()`, and when it fails on a local folder whose weights files are broken, an OSError naming them
+    (safetensors' own message names no file)."""
+    try:
+        return load()
+    except Exception as error:
+        folder = Path(str(pretrained_model_name_or_path)) / subfolder
+        if not folder.is_dir():
+            raise
+        problems = [problem for weights in sorted(folder.glob("*.safetensors")) if (problem := safetensors_problem(weights))]
+        if not problems:
+            raise
+        raise OSError(f"cannot load {folder}: " + "; ".join(problems) + " - re-save or re-download it") from error
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -334,6 +377,12 @@ class WorldVLAVQModel(PreTrainedModel):
     _no_split_modules = ["WorldVLAVQResnetBlock", "WorldVLAVQAttnBlock", "WorldVLAVQVectorQuantizer"]
     # Weights stay float32 even under `from_pretrained(dtype=torch.bfloat16)`: see the module docstring.
     _keep_in_fp32_modules_strict = ["encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or unreadable weights file is named in the error."""
+        load = super().from_pretrained
+        return _load_naming_broken_files(lambda: load(*args, **kwargs), args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs.get("subfolder", ""))
 
     def __init__(self, config: WorldVLAVQConfig):
         super().__init__(config)
@@ -917,7 +966,8 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, then a ValueError naming every weight that holds NaN or inf: such a
         model decodes garbage (NaN logits make every action bin the lowest one: full-speed motion)."""
-        loaded = super().from_pretrained(*args, **kwargs)
+        load = super().from_pretrained
+        loaded = _load_naming_broken_files(lambda: load(*args, **kwargs), args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs.get("subfolder", ""))
         (loaded[0] if isinstance(loaded, tuple) else loaded).check_weights_are_finite()
         return loaded
 

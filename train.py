@@ -37,6 +37,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import worldvla_data
 from configuration_worldvla import IGNORE_INDEX
+from modeling_worldvla import safetensors_problem
 from policy_worldvla import missing_local_checkpoint
 from processing_worldvla import vq_fingerprint
 
@@ -548,26 +549,6 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
             logger.info("saved %s", final)
         trainer.accelerator.wait_for_everyone()
     return output_dir / targets[-1]
-
-
-def safetensors_problem(path):
-    """Why a .safetensors file cannot be loaded (truncated, bad header), or None."""
-    size = path.stat().st_size
-    with open(path, "rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            return f"{path}: {size} bytes, too short for a safetensors header"
-        header_size = int.from_bytes(prefix, "little")
-        if header_size > size - 8:
-            return f"{path}: header of {header_size} bytes in a {size}-byte file (truncated?)"
-        try:
-            header = json.loads(file.read(header_size))
-        except ValueError:
-            return f"{path}: unreadable safetensors header"
-    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    if 8 + header_size + data_end != size:
-        return f"{path}: {size} bytes, its header says {8 + header_size + data_end} (truncated?)"
-    return None
 
 
 def last_complete_checkpoint(output_dir):

@@ -125,14 +125,25 @@ def read_instruction(file, path):
         raise LiberoDataError(f"{path}: data.attrs['problem_info'] has no language_instruction ({error})") from error
 
 
+def open_libero_file(path):
+    """An h5py.File for reading; a truncated or non-HDF5 file raises a LiberoDataError naming it."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise LiberoDataError(f"{path}: not a readable HDF5 file, truncated or damaged ({error})") from None
+
+
 def read_demo(group, path, demo):
     """(actions (T, 7) float64, frames (T, H, W, 3) uint8 as stored) of one demo, validated."""
     where = f"{path}, data/{demo}"
     missing = [key for key in REQUIRED_DEMO_KEYS if key not in group]
     if missing:
         raise LiberoDataError(f"{where}: missing {missing} (a LIBERO demo needs {list(REQUIRED_DEMO_KEYS)})")
-    actions = np.asarray(group["actions"][()], dtype=np.float64)
-    frames = group[THIRD_PERSON_FRAMES][()]
+    try:
+        actions = np.asarray(group["actions"][()], dtype=np.float64)
+        frames = group[THIRD_PERSON_FRAMES][()]
+    except OSError as error:  # a damaged chunk: h5py's message names no file
+        raise LiberoDataError(f"{where}: unreadable data, the file is damaged ({error})") from None
     if len(actions) == 0:
         raise LiberoDataError(f"{where}: empty episode (0 actions)")
     if actions.ndim != 2 or actions.shape[1] != 7:
@@ -151,7 +162,7 @@ def read_demo(group, path, demo):
 def read_libero_file(path, image_size):
     """Yield one cleaned episode per data/demo_N (numeric order): dict of instruction, demo, frames, actions."""
     path = Path(path)
-    with h5py.File(path, "r") as file:
+    with open_libero_file(path) as file:
         if "data" not in file:
             raise LiberoDataError(f"{path}: no 'data' group (not a LIBERO demonstration file)")
         instruction = read_instruction(file, path)

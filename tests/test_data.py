@@ -153,6 +153,15 @@ def test_bad_data_error_names_the_file_and_demo(tmp_path, small_worldvla, how, m
         worldvla_data.tokenised_episodes(tmp_path / "data", small_worldvla[1], tmp_path / "cache")
 
 
+def test_truncated_hdf5_names_the_file(tmp_path, small_worldvla):
+    path = write_libero_hdf5(tmp_path / "data" / "cut_task_demo.hdf5", "open the drawer", num_demos=3, num_steps=12)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # a copy killed a third of the way
+    with pytest.raises(worldvla_data.LiberoDataError, match=f"{path}: not a readable HDF5 file, truncated or damaged"):
+        list(worldvla_data.read_libero_file(path, 64))
+    with pytest.raises(worldvla_data.LiberoDataError, match="cut_task_demo.hdf5"):
+        worldvla_data.tokenised_episodes(tmp_path / "data", small_worldvla[1], tmp_path / "cache")
+
+
 def test_missing_instruction_and_empty_folder(tmp_path):
     path = write_libero_hdf5(tmp_path / "t_demo.hdf5", "open the drawer", num_demos=1, num_steps=4)
     with h5py.File(path, "r+") as file:

@@ -281,6 +281,24 @@ def test_non_finite_values_never_become_actions(frames, decoding, where):
         model.predict_action(**inputs, processor=processor, decoding=decoding)
 
 
+def test_truncated_weights_files_are_named(tmp_path):
+    from processing_worldvla import WorldVLAProcessor
+
+    model, processor = build_small_worldvla(seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for weights, load in (
+        (tmp_path / "model.safetensors", lambda: AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)),
+        (tmp_path / "vqgan" / "model.safetensors", lambda: WorldVLAProcessor.from_pretrained(tmp_path)),
+    ):
+        intact = weights.read_bytes()
+        weights.write_bytes(intact[: len(intact) // 2])
+        with pytest.raises(OSError, match=f"cannot load .*{weights}: .*truncated"):
+            load()
+        weights.write_bytes(intact)
+        load()
+
+
 def test_loading_non_finite_weights_names_the_tensor(tmp_path):
     model, _ = build_small_worldvla(seed=6)
     model.save_pretrained(tmp_path)

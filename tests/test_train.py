@@ -16,7 +16,7 @@ from transformers import EvalPrediction
 
 import train
 import worldvla_data
-from modeling_worldvla import WorldVLAForConditionalGeneration
+from modeling_worldvla import WorldVLAForConditionalGeneration, safetensors_problem
 from processing_worldvla import LIBERO_ACTION_STATISTICS
 from scripts.build_small_checkpoint import build_small_worldvla
 
@@ -204,7 +204,7 @@ def test_resume_last_skips_a_checkpoint_cut_while_saving(workspace, caplog):
         assert train.last_complete_checkpoint(crashed) == str(crashed / "checkpoint-4")
     assert f"{weights}: " in caplog.text and "truncated" in caplog.text and "checkpoint-12: no trainer_state.json" in caplog.text
     assert train.last_complete_checkpoint(workspace / "nothing-here") is None
-    assert train.safetensors_problem(source / "checkpoint-8" / "model.safetensors") is None
+    assert safetensors_problem(source / "checkpoint-8" / "model.safetensors") is None
 
 
 def test_lora_adapter_reload_and_merge_give_identical_outputs(workspace):
