@@ -52,15 +52,23 @@ _EGL_PROBE = (
 )
 
 
+LIBERO_PACKAGE_PATHS = ("benchmark_root", "bddl_files", "init_states", "assets")
+
+
 def write_libero_config(config_dir):
-    """Writes LIBERO's `config.yaml` (package paths) into `config_dir` unless one is there.
+    """Writes LIBERO's `config.yaml` (package paths) into `config_dir` unless a valid one is there.
 
     The paths are found from the installed package without importing it, because importing the
-    original LIBERO without a config file prompts on stdin.
+    original LIBERO without a config file prompts on stdin. A config whose package paths no longer exist
+    (written by an install in a since-deleted virtualenv) is rewritten with a warning: LIBERO would
+    otherwise fail later with an unrelated-looking error about its init states.
     """
     config_file = Path(config_dir).expanduser() / "config.yaml"
     if config_file.is_file():
-        return config_file
+        stale = stale_config_paths(config_file)
+        if not stale:
+            return config_file
+        logger.warning("%s points to paths that do not exist (%s): rewriting it for the installed LIBERO", config_file, ", ".join(stale))
     spec = find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -87,6 +95,17 @@ def write_libero_config(config_dir):
     temporary.write_text("".join(f"{key}: '{value}'\n" for key, value in paths.items()))
     os.replace(temporary, config_file)
     return config_file
+
+
+def stale_config_paths(config_file):
+    """`key: path` entries of a LIBERO config.yaml whose package paths do not exist (the datasets folder may not)."""
+    stale = []
+    for line in Path(config_file).read_text().splitlines():
+        key, separator, value = line.partition(":")
+        key, value = key.strip(), value.strip().strip("'\"")
+        if separator and key in LIBERO_PACKAGE_PATHS and not Path(value).exists():
+            stale.append(f"{key}: {value}")
+    return stale
 
 
 def egl_works(timeout_s=60):

@@ -133,7 +133,7 @@ def ship(args, commands):
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model_dir, staging)
     (staging / "eval").mkdir()
-    for name in ("results.md", "summary.json", "settings.json"):
+    for name in ("results.md", "summary.json", "settings.json", "episodes.jsonl"):
         shutil.copy2(eval_dir / name, staging / "eval" / name)
     for name in ("metrics.json", "results.md", "reconstructions.png", "psnr_curve.png"):
         if (work / "vq" / "eval" / name).is_file():

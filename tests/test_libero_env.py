@@ -49,6 +49,23 @@ def test_import_without_config_does_not_prompt(tmp_path):
     assert Path(result.stdout.strip().splitlines()[-1]).is_dir()
 
 
+def test_a_config_pointing_into_a_deleted_virtualenv_is_rewritten(tmp_path, caplog):
+    config_dir = tmp_path / "libero_config"
+    config_dir.mkdir()
+    gone = "/tmp/deleted-venv/lib/python3.11/site-packages/libero/libero"
+    (config_dir / "config.yaml").write_text(
+        f"benchmark_root: {gone}\nbddl_files: {gone}/bddl_files\ninit_states: {gone}/init_files\n"
+        f"datasets: {gone}/../datasets\nassets: {gone}/assets\n"
+    )
+    with caplog.at_level("WARNING", logger="libero_sim.env"):
+        config_file = libero_env.write_libero_config(config_dir)
+    assert f"bddl_files: {gone}/bddl_files" in caplog.text and str(config_file) in caplog.text
+    assert libero_env.stale_config_paths(config_file) == [] and gone not in config_file.read_text()
+    # A valid config is left alone.
+    before = config_file.stat().st_mtime_ns
+    assert libero_env.write_libero_config(config_dir) == config_file and config_file.stat().st_mtime_ns == before
+
+
 RENDER_PROBE = """
 import json, os
 import libero_sim.env  # chooses MUJOCO_GL on import
