@@ -16,7 +16,9 @@ The layout is that of the official LIBERO datasets (`<task_name>_demo.hdf5`):
 
 Demonstrations are rolled out without cameras (about 10x faster) and their frames are rendered
 afterwards by replaying the actions from the same initial state and reset seed: MuJoCo is deterministic
-then, and `check_replay_matches` checks that the replayed states match the recorded ones.
+then, and `check_replay_matches` checks that the replayed states match the recorded ones. Where a replay does
+not reproduce its rollout (libero_spatial task 4, see `scripts/collect_demos.py`), the rollout itself runs in
+the camera env through a `DemoRecorder`, which records the same columns as it goes.
 
 Writing is crash-safe (see `DemoWriter`): finished demos are never modified in place.
 """
@@ -42,6 +44,57 @@ def axis_angle_from_quat_xyzw(quat):
     return quat[:3] * 2.0 * np.arccos(w) / sin_half
 
 
+class DemoRecorder:
+    """A camera env that records, at every `step`, the demo columns of the observation the action is taken
+    from (state, raw frames, end effector, gripper, joints), then the action and `done`. It stands in for the
+    env wherever one is used (`reset_to_initial_state`, `run_episode`); `set_init_state` starts a new demo."""
+
+    CAMERAS = {"agentview": THIRD_PERSON_CAMERA, "eye_in_hand": WRIST_CAMERA}
+
+    def __init__(self, env):
+        self.env = env
+        self.observation = None
+        self.columns = {}
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def set_init_state(self, state):
+        self.observation = self.env.set_init_state(state)
+        cameras = [name for name, camera in self.CAMERAS.items() if camera + "_image" in self.observation]
+        self.columns = {key: [] for key in ("actions", "states", *cameras, "ee", "gripper", "joints", "dones")}
+        return self.observation
+
+    def step(self, action):
+        obs, columns = self.observation, self.columns
+        columns["states"].append(self.env.get_sim_state())
+        for name, camera in self.CAMERAS.items():
+            if name in columns:
+                columns[name].append(obs[camera + "_image"])
+        columns["ee"].append(np.concatenate([obs["robot0_eef_pos"], axis_angle_from_quat_xyzw(obs["robot0_eef_quat"])]))
+        columns["gripper"].append(obs["robot0_gripper_qpos"])
+        columns["joints"].append(obs["robot0_joint_pos"])
+        self.observation, reward, done, info = self.env.step(action)
+        columns["actions"].append(np.asarray(action, dtype=np.float64))
+        columns["dones"].append(done)
+        return self.observation, reward, done, info
+
+    def arrays(self):
+        """The per-step arrays of the demo recorded since the last `set_init_state`."""
+        columns = self.columns
+        dones = np.array(columns["dones"], dtype=np.uint8)
+        return {
+            "actions": np.asarray(columns["actions"], dtype=np.float64),
+            "states": np.asarray(columns["states"]),
+            "rewards": dones.copy(),
+            "dones": dones,
+            **{f"obs/{name}_rgb": np.asarray(columns[name], dtype=np.uint8) for name in self.CAMERAS if name in columns},
+            "obs/ee_states": np.asarray(columns["ee"]),
+            "obs/gripper_states": np.asarray(columns["gripper"]),
+            "obs/joint_states": np.asarray(columns["joints"]),
+        }
+
+
 def replay_with_cameras(env, episode, seed=None):
     """Replays an `EpisodeResult`'s actions in a camera env; returns the per-step arrays of a demo.
 
@@ -50,33 +103,14 @@ def replay_with_cameras(env, episode, seed=None):
     `seed` must be the one the episode was recorded with, so that the fixtures stand where they stood
     (`reset_to_initial_state`); then MuJoCo is deterministic, and a RuntimeError says if the replay leaves
     the recorded trajectory anyway."""
-    obs = reset_to_initial_state(env, episode.initial_state, seed)
-    cameras = {"agentview": THIRD_PERSON_CAMERA, "eye_in_hand": WRIST_CAMERA}
-    cameras = {name: camera for name, camera in cameras.items() if camera + "_image" in obs}
-    columns = {key: [] for key in ("states", *cameras, "ee", "gripper", "joints")}
-    dones = []
+    recorder = DemoRecorder(env)
+    reset_to_initial_state(recorder, episode.initial_state, seed)
     for action in episode.actions:
-        columns["states"].append(env.get_sim_state())
-        for name, camera in cameras.items():
-            columns[name].append(obs[camera + "_image"])
-        columns["ee"].append(np.concatenate([obs["robot0_eef_pos"], axis_angle_from_quat_xyzw(obs["robot0_eef_quat"])]))
-        columns["gripper"].append(obs["robot0_gripper_qpos"])
-        columns["joints"].append(obs["robot0_joint_pos"])
-        obs, _, done, _ = env.step(action)
-        dones.append(done)
-    if episode.success and not dones[-1]:
+        recorder.step(action)
+    arrays = recorder.arrays()
+    if episode.success and not arrays["dones"][-1]:
         raise RuntimeError("Replay did not reach the recorded success: the simulation is not deterministic here.")
-    dones = np.array(dones, dtype=np.uint8)
-    return {
-        "actions": np.asarray(episode.actions, dtype=np.float64),
-        "states": np.asarray(columns["states"]),
-        "rewards": dones.copy(),
-        "dones": dones,
-        **{f"obs/{name}_rgb": np.asarray(columns[name], dtype=np.uint8) for name in cameras},
-        "obs/ee_states": np.asarray(columns["ee"]),
-        "obs/gripper_states": np.asarray(columns["gripper"]),
-        "obs/joint_states": np.asarray(columns["joints"]),
-    }
+    return arrays
 
 
 def check_replay_matches(recorded_states, replayed_states):

@@ -51,7 +51,7 @@ def parse_args(argv=None):
     data.add_argument("--resolution", type=int, default=64, help="rendered frame side: the tokenizer's and the model's")
     data.add_argument("--seed", type=int, default=0, help="seed of the random resets")
     vq = parser.add_argument_group("image tokenizer")
-    vq.add_argument("--vq-steps", type=int, default=3000)
+    vq.add_argument("--vq-steps", type=int, default=1000)
     vq.add_argument("--vq-batch-size", type=int, default=16)
     vq.add_argument("--vq-learning-rate", type=float, default=1e-3)
     model = parser.add_argument_group("model")
@@ -61,10 +61,10 @@ def parse_args(argv=None):
     model.add_argument("--chunk-size", type=int, default=5, help="K")
     model.add_argument("--history-frames", type=int, default=2, help="M")
     train = parser.add_argument_group("training")
-    train.add_argument("--train-steps", type=int, default=1500)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--train-steps", type=int, default=2800)
+    train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--eval-steps", type=int, default=250, help="steps between validation passes and checkpoints")
+    train.add_argument("--eval-steps", type=int, default=700, help="steps between validation passes and checkpoints")
     evaluation = parser.add_argument_group("evaluation and shipping")
     evaluation.add_argument("--eval-trials", default="0-9", help="fixed initial states per task (eval_libero.py --trials)")
     evaluation.add_argument("--name", default="worldvla-libero-spatial-64", help="folder under checkpoints/ to ship to")
@@ -85,8 +85,8 @@ def stage_commands(args):
     ]
     vq = [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
            "--image-size", str(args.resolution), "--max-steps", str(args.vq_steps), "--batch-size", str(args.vq_batch_size),
-           "--learning-rate", str(args.vq_learning_rate), "--eval-every", str(max(args.vq_steps // 10, 1)),
-           "--save-every", str(max(args.vq_steps // 10, 1)), "--seed", str(args.seed)]]
+           "--learning-rate", str(args.vq_learning_rate), "--warmup-steps", "50", "--eval-every", str(max(args.vq_steps // 5, 1)),
+           "--save-every", str(max(args.vq_steps // 5, 1)), "--seed", str(args.seed)]]
     init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(work / "vq" / "processor"),
              "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
              "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
@@ -127,6 +127,8 @@ def ship(args, commands):
     """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands."""
     work = Path(args.work_dir)
     model_dir, eval_dir = work / "train" / "model", work / "eval"
+    if not (eval_dir / "summary.json").is_file():
+        raise SystemExit(f"nothing to ship: {eval_dir / 'summary.json'} does not exist (run the train and eval stages first)")
     summary = json.loads((eval_dir / "summary.json").read_text())
     target = ROOT / "checkpoints" / args.name
     staging = target.with_name(target.name + ".incomplete")
