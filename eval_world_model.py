@@ -20,7 +20,7 @@ clips and of each method's clips (needs --i3d-weights). Nothing is ever download
 
 Outputs in --output-dir: settings.json (a rerun with other settings is an error naming the difference),
 trajectories.jsonl (one line per trajectory, appended with one fsync'd write; a rerun skips finished trajectories
-and drops a line truncated by a crash), features/ (I3D features per trajectory), videos/ (truth | prediction),
+and drops a line truncated by a crash), features/ (I3D features per trajectory), videos/ (truth | prediction, and a PNG filmstrip: truth above prediction),
 summary.json, results.md (the paper's table layout) and metrics_per_frame.png.
 """
 
@@ -486,6 +486,25 @@ def write_video(output_dir, trajectory_id, truth, prediction, fps):
     return f"{VIDEOS_DIR}/{name}"
 
 
+def write_filmstrip(output_dir, trajectory_id, truth, prediction, columns=8):
+    """A PNG next to the video: true frames above predicted ones, `columns` steps evenly spread, upscaled to
+    at least 128 px so that a 64-px frame can be read."""
+    import numpy as np
+    from PIL import Image
+
+    steps = np.linspace(0, len(truth) - 1, min(columns, len(truth))).round().astype(int)
+    grid = np.concatenate([np.concatenate(list(truth[steps]), axis=1), np.concatenate(list(prediction[steps]), axis=1)], axis=0)
+    scale = max(1, -(-128 // truth.shape[1]))
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    folder = output_dir / VIDEOS_DIR
+    folder.mkdir(exist_ok=True)
+    name = safe_name(trajectory_id) + ".png"
+    temporary = folder / ("partial_" + name)
+    image.save(temporary, format="png")
+    os.replace(temporary, folder / name)
+    return f"{VIDEOS_DIR}/{name}", [int(step) for step in steps]
+
+
 def finished_ids(output_dir, records, need_features):
     done = set()
     for record in records:
@@ -692,6 +711,7 @@ def evaluate_batch(models, batch, args, output_dir):
             record["features"] = save_features(output_dir, trajectory.id, clip_features(models, clips, args.horizons))
         if not args.no_video:
             record["video"] = write_video(output_dir, trajectory.id, clips["truth"], clips["prediction"], args.video_fps)
+            record["filmstrip"], record["filmstrip_frames"] = write_filmstrip(output_dir, trajectory.id, clips["truth"], clips["prediction"])
         record["seconds"] = round(shared_seconds + time.time() - own_start, 3)
         records.append(record)
     return records

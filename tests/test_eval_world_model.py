@@ -265,6 +265,12 @@ def test_cli_writes_every_output(cli_run, data_dir, small_worldvla):
         video = np.stack(imageio.mimread(output_dir / record["video"]))
         assert video.shape == (5, 64, 128, 3)
         assert np.abs(video[:, :, :64].astype(int) - truth.astype(int)).mean() < 12  # truth on the left (lossy codec)
+        from PIL import Image
+
+        strip = np.asarray(Image.open(output_dir / record["filmstrip"]))
+        assert record["filmstrip_frames"] == [0, 1, 2, 3, 4] and strip.shape == (2 * 128, 5 * 128, 3)
+        top = np.concatenate(list(truth), axis=1).repeat(2, axis=0).repeat(2, axis=1)
+        np.testing.assert_array_equal(strip[:128], top)  # truth above, lossless
 
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["trajectories"] == 2 and summary["notes"] == []
