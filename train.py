@@ -543,6 +543,7 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
                 "training_arguments": json.loads(training_args.to_json_string()),
             }
             (staging / "training_summary.json").write_text(json.dumps(record, indent=2))
+            plot_training_curves(trainer.state.log_history, staging / "training_curves.png")
             # Trainer pickles its arguments next to the weights; a published checkpoint carries no pickle.
             (staging / "training_args.bin").unlink(missing_ok=True)
             publish_folder(staging, final)
@@ -566,6 +567,39 @@ def last_complete_checkpoint(output_dir):
             return str(path)
         logger.warning("skipping incomplete checkpoint %s: %s", path, "; ".join(problems))
     return None
+
+
+def plot_training_curves(log_history, path):
+    """Training losses (total, action, image) and, per validation split, action-token accuracy and the L1 of the
+    decoded actions, against the step; nothing is written when nothing was logged."""
+    train_logs = [entry for entry in log_history if "loss" in entry]
+    splits = sorted({key.split("_")[1] for entry in log_history for key in entry if key.startswith("eval_") and key.endswith("_action_l1")})
+    if not train_logs and not splits:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name in ("loss", "action_loss", "image_loss"):
+        points = [(entry["step"], entry[name]) for entry in train_logs if name in entry]
+        if points:
+            axes[0].plot(*zip(*points), label=f"train {name}")
+    for split in splits:
+        for axis, metric in ((axes[0], "action_loss"), (axes[1], "action_token_accuracy"), (axes[2], "action_l1")):
+            points = [(entry["step"], entry[f"eval_{split}_{metric}"]) for entry in log_history if f"eval_{split}_{metric}" in entry]
+            if points:
+                axis.plot(*zip(*points), "o-", label=f"validation ({split}) {metric}")
+    for axis, title in zip(axes, ("loss (cross-entropy, nats)", "action token accuracy", "L1 of decoded actions")):
+        axis.set_xlabel("optimizer step")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 def push_folder(folder, repo_id, token, private):

@@ -339,6 +339,9 @@ def test_evaluation_runs_on_both_validation_splits(tmp_path, workspace):
             assert np.isfinite(metrics[f"eval_{split}_{name}"])
     history = json.loads((tmp_path / "out" / "model" / "training_summary.json").read_text())["log_history"]
     assert sum("eval_ood_action_l1" in entry for entry in history) >= 2  # at steps 1 and 2, then the final one
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / "model" / "training_curves.png").size == (1350, 360)
 
 
 def test_publish_folder_never_leaves_half_a_folder(tmp_path, monkeypatch):
