@@ -478,7 +478,7 @@ def model_card(model_args, data_args, training_args, summary, metrics, kind):
     metric_lines = "\n".join(f"- {name}: {value:.4f}" for name, value in sorted(metrics.items()) if isinstance(value, float))
     return f"""{chr(10).join(front_matter)}
 
-# WorldVLA fine-tuned on {summary['dataset_key']}
+# WorldVLA {'fine-tuned' if model_args.model else 'trained from random weights'} on {summary['dataset_key']}
 
 A WorldVLA ({'LoRA adapter' if kind == 'adapter' else 'full model'}) trained with `train.py` of this repository,
 starting from {base}. WorldVLA (Cen et al., 2025) is one autoregressive model that predicts action chunks from an
@@ -502,7 +502,7 @@ instruction and images, and the next image from an image and an action.
 ```
 
 ## Metrics (last evaluation)
-{metric_lines or '- none (no validation split)'}
+{metric_lines or '- no evaluation yet (no validation split)'}
 
 ## Use
 ```python

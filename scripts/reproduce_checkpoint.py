@@ -14,6 +14,7 @@ from what is on disk (finished demos, the last complete tokenizer or Trainer che
 | init | `scripts/build_small_checkpoint.py --processor` | `<work-dir>/init`: the random model around that processor |
 | train | `train.py --from-scratch-config` | `<work-dir>/train/model`, validation curves in its `training_summary.json` |
 | eval | `eval_libero.py` | `<work-dir>/eval`: the benchmark's fixed initial states `--eval-trials` of every task |
+| diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (4 held-out demos) |
 | ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
 
 The defaults are the configuration of the shipped checkpoint (`checkpoints/worldvla-libero-spatial-64`); the
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("demos", "vq", "init", "train", "eval", "ship")
+STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
 logger = logging.getLogger("reproduce_checkpoint")
 
 
@@ -103,7 +104,15 @@ def stage_commands(args):
     evaluate = [[python, "eval_libero.py", "--model", str(work / "train" / "model"), "--suite", args.suite, "--tasks", "all",
                  "--trials", args.eval_trials, "--num-workers", str(args.workers), "--threads", "1",
                  "--output-dir", str(work / "eval")]]
-    return {"demos": demos, "vq": vq, "init": init, "train": train, "eval": evaluate}
+    model_dir = str(work / "train" / "model")
+    diagnose = [
+        [python, "scripts/diagnose_policy.py", "--model", model_dir, "--data-dir", str(data_dir), "--cache-dir", str(work / "cache"),
+         "--val-split", "episodes", "--prompts", "128", "--output", str(work / "diagnosis.json")],
+        [python, "eval_world_model.py", "--model", model_dir, "--data-dir", str(data_dir), "--val-split", "episodes",
+         "--split", "val_ind", "--max-trajectories", "4", "--horizons", "10,50", "--batch-size", "4", "--threads", "1",
+         "--output-dir", str(work / "world_model")],
+    ]
+    return {"demos": demos, "vq": vq, "init": init, "train": train, "eval": evaluate, "diagnose": diagnose}
 
 
 def run_parallel(commands, log_dir, stage):
@@ -141,6 +150,11 @@ def ship(args, commands):
         if (work / "vq" / "eval" / name).is_file():
             (staging / "vq_eval").mkdir(exist_ok=True)
             shutil.copy2(work / "vq" / "eval" / name, staging / "vq_eval" / name)
+    if (work / "diagnosis.json").is_file():
+        shutil.copy2(work / "diagnosis.json", staging / "eval" / "diagnosis.json")
+    filmstrips = sorted((work / "world_model" / "videos").glob("*.png"))
+    if filmstrips:
+        shutil.copy2(filmstrips[0], staging / "world_model_filmstrip.png")
     card = (staging / "README.md").read_text()
     reproduce = " \\\n    ".join(shlex.join(command[1:] if command[0] == sys.executable else command) for stage in commands.values() for command in stage)
     card += (

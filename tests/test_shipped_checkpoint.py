@@ -1,0 +1,106 @@
+"""The shipped checkpoint: it loads in a fresh process from its own folder, gives its golden action tokens for a
+fixed rendered frame, and drives a real LIBERO episode through eval_libero.py.
+
+The golden frame is the upright third-person view of libero_spatial task 0, fixed initial state 0, after the
+protocol's 10 waiting steps, rendered at the model's size and stored as PNG; the golden tokens are what the
+checkpoint decoded from it when it was shipped (parallel and sequential decoding alike). Regenerate both after
+shipping a new checkpoint with
+
+    python tests/test_shipped_checkpoint.py --regenerate
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "checkpoints" / "worldvla-libero-spatial-64"
+GOLDEN = ROOT / "tests" / "data" / "shipped_checkpoint_golden.json"
+GOLDEN_FRAME = ROOT / "tests" / "data" / "libero_spatial_task0_state0.png"
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+DECODE_GOLDEN_FRAME = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor
+checkpoint, frame_path, instruction = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+frame = np.asarray(Image.open(frame_path).convert("RGB"))
+inputs = processor(text=instruction, images=[frame])
+tokens = {decoding: model.generate_action_tokens(**inputs, decoding=decoding)[0].tolist() for decoding in ("parallel", "sequential")}
+actions = processor.decode_actions(np.asarray(tokens["parallel"]))
+print(json.dumps({"class": type(model).__module__, "tokens": tokens, "actions": actions.tolist()}))
+"""
+
+
+def decode_golden_frame(instruction):
+    result = subprocess.run(
+        [sys.executable, "-c", DECODE_GOLDEN_FRAME, str(CHECKPOINT), str(GOLDEN_FRAME), instruction],
+        cwd=ROOT / "tests", env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_loads_in_a_fresh_process_and_gives_the_golden_tokens():
+    golden = json.loads(GOLDEN.read_text())
+    decoded = decode_golden_frame(golden["instruction"])
+    assert decoded["class"].startswith("transformers_modules")  # the checkpoint's own code files
+    assert decoded["tokens"]["parallel"] == golden["tokens"]
+    assert decoded["tokens"]["sequential"] == golden["tokens"]
+    np.testing.assert_allclose(decoded["actions"], golden["actions"], rtol=0, atol=1e-12)
+
+
+def test_a_real_episode_runs_through_eval_libero(tmp_path):
+    """The README's first command, shortened: the shipped checkpoint drives a LIBERO episode (40 policy steps,
+    8 chunks) and the results name it. It does not solve the task yet (0 of 100 episodes, see the README)."""
+    pytest.importorskip("libero")
+    import eval_libero
+
+    summary = eval_libero.main([
+        "--model", str(CHECKPOINT), "--suite", "libero_spatial", "--tasks", "0", "--trials", "0,", "--max-steps", "40",
+        "--threads", "1", "--output-dir", str(tmp_path / "eval"),
+    ])
+    record = json.loads((tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()[0])
+    assert summary["episodes"] == 1 and summary["errors"] == 0 and record["steps"] == 40
+    assert summary["settings"]["model"] == str(CHECKPOINT) and summary["settings"]["unnorm_key"] == "libero_spatial"
+
+
+def regenerate():
+    """Render the golden frame and decode it with the shipped checkpoint."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from libero_sim.env import NUM_WAIT_STEPS, WAIT_ACTION, get_suite, make_env, reset_to_initial_state, third_person_frame
+
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    suite = get_suite("libero_spatial")
+    task = suite.get_task(0)
+    env = make_env(suite.get_task_bddl_file_path(0), resolution=config["image_size"])
+    try:
+        obs = reset_to_initial_state(env, suite.get_task_init_states(0)[0], seed=0)
+        for _ in range(NUM_WAIT_STEPS):
+            obs, _, _, _ = env.step(WAIT_ACTION)
+        frame = third_person_frame(obs)
+    finally:
+        env.close()
+    GOLDEN_FRAME.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(GOLDEN_FRAME)
+    decoded = decode_golden_frame(task.language)
+    assert decoded["tokens"]["parallel"] == decoded["tokens"]["sequential"]
+    golden = {"instruction": task.language, "tokens": decoded["tokens"]["parallel"], "actions": decoded["actions"]}
+    GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+    print(f"wrote {GOLDEN} and {GOLDEN_FRAME}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regenerate"]:
+        sys.exit(__doc__)
+    regenerate()
