@@ -41,6 +41,7 @@ from libero_sim.env import (
     third_person_frame,
 )
 from policy_worldvla import missing_local_checkpoint
+from worldvla_logging import configure_logging
 
 logger = logging.getLogger("eval_libero")
 
@@ -547,10 +548,6 @@ def parse_args(argv=None):
     except ValueError as error:
         parser.error(str(error))
     return args
-
-
-def configure_logging():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv=None):

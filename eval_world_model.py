@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla_logging import configure_logging
+
 logger = logging.getLogger("eval_world_model")
 
 SETTINGS_FILE = "settings.json"
@@ -1006,10 +1008,6 @@ def evaluate(args):
     write_atomically(output_dir / RESULTS_FILE, table)
     plot_per_frame(summary, output_dir / PLOT_FILE)
     return summary, table
-
-
-def configure_logging():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv=None):

@@ -40,6 +40,7 @@ from configuration_worldvla import IGNORE_INDEX
 from modeling_worldvla import safetensors_problem
 from policy_worldvla import missing_local_checkpoint
 from processing_worldvla import vq_fingerprint
+from worldvla_logging import configure_logging
 
 logger = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent
@@ -63,6 +64,14 @@ class ModelArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={"help": "Comma-separated module names to adapt."})
     merge_lora: bool = field(default=False, metadata={"help": "Also save the merged full model in output_dir/model."})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id the LoRA adapter records as its base (its `base_model_name_or_path`), for a base trained "
+            "from a local folder and published under that id; default: --model's Hub id and commit, or its absolute path."
+        },
+    )
+    base_model_revision: str | None = field(default=None, metadata={"help": "Revision of --base-model-id recorded with it."})
     residual_dropout: float = field(default=0.05, metadata={"help": "Dropout before each residual add (paper: 0.05)."})
     z_loss_weight: float = field(default=1e-5, metadata={"help": "Weight of mean(logsumexp^2) (paper: 1e-5)."})
     image_loss_weight: float = field(default=0.04, metadata={"help": "Loss weight of image-code targets (paper: 0.04)."})
@@ -145,6 +154,8 @@ def parse_arguments(argv=None):
         parser.error("give exactly one of --model and --from-scratch-config")
     if data_args.data_dir is None:
         parser.error("--data-dir is required")
+    if model_args.lora_rank > 0 and model_args.model is None:
+        parser.error("--lora-rank adapts a trained --model; a model trained from scratch is trained in full")
     # Inputs are checked here, before a model is loaded: a mistake costs a second, not a 7B load.
     try:
         worldvla_data.list_task_files(data_args.data_dir)
@@ -159,6 +170,11 @@ def parse_arguments(argv=None):
         parser.error(f"--action-stats must be one of {ACTION_STATS_MODES}, got {data_args.action_stats!r}")
     if data_args.action_stats == "checkpoint" and model_args.model is None:
         parser.error("--action-stats checkpoint needs --model (a model trained from scratch has no statistics yet)")
+    if model_args.lora_rank > 0 and training_args.push_to_hub and model_args.base_model_id is None and Path(model_args.model or "").exists():
+        parser.error(
+            f"--push-to-hub of a LoRA adapter on the local base {model_args.model}: the pushed adapter could not find "
+            "its base anywhere else; publish the base and name it with --base-model-id (and --base-model-revision)"
+        )
     if data_args.val_split not in worldvla_data.VALIDATION_SPLITS:
         parser.error(f"--val-split must be one of {worldvla_data.VALIDATION_SPLITS}, got {data_args.val_split!r}")
     if training_args.global_batch_size:
@@ -237,10 +253,28 @@ def load_model_and_processor(model_args, on_cuda):
             target_modules=[name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()],
             task_type="CAUSAL_LM",
         )
+        base_name, base_revision = adapter_base(model_args)
         model = get_peft_model(model, lora_config)
+        # peft records the name the base was loaded under (a relative path, or the Hub id without its commit).
+        model.peft_config["default"].base_model_name_or_path = base_name
+        model.peft_config["default"].revision = base_revision
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("%.2fM parameters, %.2fM trainable", sum(p.numel() for p in model.parameters()) / 1e6, trainable / 1e6)
     return model, processor
+
+
+def adapter_base(model_args):
+    """(name or path, revision) a LoRA adapter records as its base, so that it loads from anywhere: --base-model-id
+    when given; else --model's absolute path when it is a local folder; else its Hub id and the commit loaded."""
+    if model_args.base_model_id is not None:
+        return model_args.base_model_id, model_args.base_model_revision
+    if Path(model_args.model).exists():
+        return str(Path(model_args.model).resolve()), None
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
+    # The snapshot folder the config was just loaded from is named by its commit (a branch name would move).
+    config_file = cached_file(model_args.model, "config.json", revision=model_args.revision)
+    return model_args.model, extract_commit_hash(config_file, None) or model_args.revision
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -357,6 +391,12 @@ class WorldVLATrainer(Trainer):
             self._extra_loss_sums.zero_()
         super().log(logs, start_time)
 
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        # peft's save_pretrained writes its template model card into every checkpoint; the published folders get
+        # the real one (model_card), checkpoints none.
+        (Path(output_dir or self.args.output_dir) / "README.md").unlink(missing_ok=True)
+
 
 def make_preprocess_logits_for_metrics(config):
     """(B, L, V) logits -> three (B, L) arrays aligned with the labels (position i: the prediction of token i):
@@ -437,7 +477,7 @@ def staging_folder(final):
     return Path(final).with_name(Path(final).name + ".incomplete")
 
 
-def model_card(model_args, data_args, training_args, summary, metrics, kind):
+def model_card(model_args, data_args, training_args, summary, metrics, kind, repo, adapter_base=None):
     recipe = {
         "learning_rate": training_args.learning_rate,
         "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
@@ -466,10 +506,31 @@ def model_card(model_args, data_args, training_args, summary, metrics, kind):
             "merged": kind == "model",
         }
     base = model_args.model or f"random weights (--from-scratch-config {model_args.from_scratch_config})"
-    front_matter = ["---", "library_name: transformers", "pipeline_tag: robotics", "tags: [worldvla, vla, world-model, libero]"]
-    if model_args.model and not Path(model_args.model).exists():
-        front_matter.append(f"base_model: {model_args.model}")
+    front_matter = ["---", f"library_name: {'peft' if kind == 'adapter' else 'transformers'}", "pipeline_tag: robotics", "tags: [worldvla, vla, world-model, libero]"]
+    hub_base = adapter_base[0] if adapter_base else model_args.model
+    if hub_base and not Path(hub_base).exists():
+        front_matter.append(f"base_model: {hub_base}")
     front_matter.append("---")
+    if kind == "adapter":
+        base_name, base_revision = adapter_base
+        revision = f", revision={base_revision!r}" if base_revision else ""
+        use = f"""```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoProcessor
+base = AutoModelForCausalLM.from_pretrained({base_name!r}{revision}, trust_remote_code=True)
+model = PeftModel.from_pretrained(base, {repo!r})  # model.merge_and_unload() gives a plain WorldVLA
+processor = AutoProcessor.from_pretrained({repo!r}, trust_remote_code=True)  # the new action statistics
+inputs = processor(text=instruction, images=[previous_frame, current_frame])
+actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
+```"""
+    else:
+        use = f"""```python
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained({repo!r}, trust_remote_code=True)
+inputs = processor(text=instruction, images=[previous_frame, current_frame])
+actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
+```"""
     statistics = summary["statistics"]
     rows = "\n".join(
         f"| {name} | " + " | ".join(f"{value:.4f}" for value in statistics[name]) + " |"
@@ -505,17 +566,11 @@ instruction and images, and the next image from an image and an action.
 {metric_lines or '- no evaluation yet (no validation split)'}
 
 ## Use
-```python
-from transformers import AutoModelForCausalLM, AutoProcessor
-model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)
-processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True)
-inputs = processor(text=instruction, images=[previous_frame, current_frame])
-actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
-```
+{use}
 """
 
 
-def save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics):
+def save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics, hub_repo_id):
     """Write adapter/ (LoRA) and model/ (full or merged) atomically; returns the folder to publish."""
     output_dir = Path(training_args.output_dir)
     is_lora = model_args.lora_rank > 0
@@ -534,7 +589,12 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
             trainer.save_model(str(staging))  # every process: FSDP gathers the full state dict here
         if trainer.is_world_process_zero():
             processor.save_pretrained(staging)
-            (staging / "README.md").write_text(model_card(model_args, data_args, training_args, summary, metrics, kind))
+            base = None
+            if kind == "adapter":
+                peft_config = trainer.accelerator.unwrap_model(trainer.model).peft_config["default"]
+                base = (peft_config.base_model_name_or_path, peft_config.revision)
+            repo = hub_repo_id or str(final.resolve())
+            (staging / "README.md").write_text(model_card(model_args, data_args, training_args, summary, metrics, kind, repo, base))
             record = {
                 **summary,
                 "processes": training_args.world_size,
@@ -602,16 +662,6 @@ def plot_training_curves(log_history, path):
     plt.close(figure)
 
 
-def push_folder(folder, repo_id, token, private):
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload WorldVLA fine-tuned with train.py")
-    logger.info("pushed %s to %s", folder, commit.commit_url)
-    return commit
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------------------------
@@ -619,7 +669,7 @@ def push_folder(folder, repo_id, token, private):
 
 def main(argv=None):
     model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO if training_args.should_log else logging.WARNING)
     push_to_hub = training_args.push_to_hub
     training_args.push_to_hub = False  # the Trainer would push every checkpoint; the final folder is pushed below
     set_seed(training_args.seed)
@@ -655,10 +705,12 @@ def main(argv=None):
         metrics.update(trainer.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
     trainer.log_metrics("final", metrics)
 
-    published = save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics)
-    if push_to_hub and trainer.is_world_process_zero():
-        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-        push_folder(published, repo_id, training_args.hub_token, bool(training_args.hub_private_repo))
+    hub_repo_id = (training_args.hub_model_id or Path(training_args.output_dir).name) if push_to_hub else None
+    published = save_outputs(trainer, processor, model_args, data_args, training_args, summary, metrics, hub_repo_id)
+    if hub_repo_id and trainer.is_world_process_zero():
+        from scripts.push_checkpoint import push_folder
+
+        push_folder(published, hub_repo_id, training_args.hub_token, bool(training_args.hub_private_repo), commit_message="Upload WorldVLA trained with train.py")
     return trainer, metrics
 
 

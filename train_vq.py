@@ -24,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
+from worldvla_logging import configure_logging
+
 logger = logging.getLogger("train_vq")
 # Settings that must not change when a run is resumed (the rest, e.g. --max-steps, may).
 FIXED_SETTINGS = (
@@ -139,7 +141,6 @@ def plot_psnr_curve(evaluations, path):
 
 
 def write_evaluation(output_dir, model, heldout, state, args):
-    import numpy as np
     from PIL import Image
 
     import worldvla_vq_training as vq_training
@@ -172,7 +173,7 @@ def write_evaluation(output_dir, model, heldout, state, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     import torch
     from accelerate import Accelerator
 

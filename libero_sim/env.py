@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla_logging import quiet_third_party_warnings
+
 logger = logging.getLogger(__name__)
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -138,7 +140,9 @@ def choose_mujoco_gl():
 
 
 def configure_libero():
-    """Non-interactive LIBERO config plus rendering back end; safe to call more than once."""
+    """Non-interactive LIBERO config plus rendering back end, robosuite's import-time advice silenced; safe to call
+    more than once."""
+    quiet_third_party_warnings()
     config_dir = os.environ.setdefault("LIBERO_CONFIG_PATH", str(DEFAULT_CONFIG_DIR))
     write_libero_config(config_dir)
     choose_mujoco_gl()

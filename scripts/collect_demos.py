@@ -39,6 +39,7 @@ from libero_sim.env import (  # noqa: E402
     run_episode,
 )
 from libero_sim.expert import ScriptedExpert  # noqa: E402
+from worldvla_logging import configure_logging  # noqa: E402
 
 logger = logging.getLogger("collect_demos")
 
@@ -166,7 +167,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = parse_args(argv)
     suite = get_suite(args.suite)
     try:

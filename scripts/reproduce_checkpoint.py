@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from worldvla_logging import configure_logging  # noqa: E402
+
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
 logger = logging.getLogger("reproduce_checkpoint")
 
@@ -175,7 +177,7 @@ def ship(args, commands):
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = parse_args(argv)
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
     unknown = sorted(set(stages) - set(STAGES))

@@ -402,3 +402,31 @@ def local_hub(tmp_path, monkeypatch):
         yield hub
     finally:
         hub.stop()
+
+
+def main(argv=None):
+    """`python tests/hub_server.py`: serves a local Hub until Ctrl-C and prints the environment that points
+    huggingface_hub, transformers and peft at it (push, then from_pretrained by repo id, all offline)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--storage", type=Path, default=Path.home() / ".cache" / "worldvla" / "local-hub", help="folder holding the repos")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    parser.add_argument("--client-home", type=Path, default=None, help="HF_HOME of the printed environment; default: <storage>/client-home")
+    args = parser.parse_args(argv)
+    hub = LocalHubServer(args.storage, args.host, args.port).start()
+    print(f"local Hub serving {args.storage} at {hub.endpoint}; in another shell:\n")
+    for key, value in hub_env(hub.endpoint, args.client_home or args.storage / "client-home").items():
+        print(f"export {key}={value}")
+    print("\nCtrl-C stops it.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        hub.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -177,3 +177,31 @@ def test_server_context_manager_and_storage_persist_across_restarts(tmp_path, mo
         sha = api.upload_file(path_or_fileobj=b"{}", path_in_repo="x.json", repo_id="org/keep").oid
     with LocalHubServer(storage) as hub2:  # a new port, the same repos
         assert HfApi(endpoint=hub2.endpoint, token="x").model_info("org/keep").sha == sha
+
+
+def test_command_line_server_prints_its_environment_and_serves(tmp_path):
+    server = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "hub_server.py"), "--port", "0", "--storage", str(tmp_path / "hub")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        exports = {}
+        for line in server.stdout:
+            if line.startswith("export "):
+                key, value = line[len("export "):].strip().split("=", 1)
+                exports[key] = value
+            if line.startswith("Ctrl-C"):
+                break
+        assert exports["HF_HUB_OFFLINE"] == "0" and exports["HF_HOME"] == str(tmp_path / "hub" / "client-home")
+        client = """
+from huggingface_hub import HfApi, hf_hub_download
+api = HfApi()
+api.create_repo("org/notes")
+api.upload_file(path_or_fileobj=b"served", path_in_repo="notes.txt", repo_id="org/notes")
+print(open(hf_hub_download("org/notes", "notes.txt")).read())
+"""
+        # Exactly the printed environment: a user pastes those lines and the libraries talk to this server.
+        result = subprocess.run([sys.executable, "-c", client], env={**os.environ, **exports}, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == "served" and (tmp_path / "hub" / "models" / "org" / "notes").is_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

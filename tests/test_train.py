@@ -212,7 +212,9 @@ def test_lora_adapter_reload_and_merge_give_identical_outputs(workspace):
     from transformers import AutoModelForCausalLM
 
     output_dir = workspace / "lora"
-    run_train(workspace, output_dir, "--max-steps", 4, "--lora-rank", 4, "--lora-alpha", 8, "--merge-lora")
+    run_train(workspace, output_dir, "--max-steps", 4, "--lora-rank", 4, "--lora-alpha", 8, "--merge-lora", "--save-strategy", "steps", "--save-steps", 4)
+    assert (output_dir / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert not (output_dir / "checkpoint-4" / "README.md").exists()  # no template card in a checkpoint
     adapter_weights = load_file(output_dir / "adapter" / "adapter_model.safetensors")
     assert adapter_weights and all("lora_" in name for name in adapter_weights)
     targets = {name.split(".")[-3] for name in adapter_weights}
@@ -230,6 +232,11 @@ def test_lora_adapter_reload_and_merge_give_identical_outputs(workspace):
     assert not torch.allclose(logits_of(base, ids), logits_of(with_adapter, ids), atol=1e-4)
     torch.testing.assert_close(logits_of(with_adapter, ids), logits_of(merged, ids), atol=1e-5, rtol=1e-5)
     assert "lora" not in " ".join(load_file(output_dir / "model" / "model.safetensors"))
+    # Trained from a local folder, the adapter names it by absolute path (peft would record "<tmp>/base" as given).
+    adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((workspace / "base").resolve())
+    card = (output_dir / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and f"PeftModel.from_pretrained(base, {str((output_dir / 'adapter').resolve())!r})" in card
 
 
 def test_two_processes_match_one(workspace):
@@ -401,3 +408,50 @@ print(json.dumps({"key": processor.default_unnorm_key, "sum": float(sum(p.double
     assert loaded["key"] == "data"
     with torch.no_grad():
         assert loaded["sum"] == pytest.approx(float(sum(p.double().sum() for p in local.parameters())), rel=1e-9)
+
+
+def test_lora_push_on_a_local_base_is_refused_before_training(workspace, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_train(workspace, tmp_path / "refused", "--lora-rank", 4, "--push-to-hub", "true", "--hub-model-id", "org/lora")
+    assert "--base-model-id" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_lora_adapter_pushed_loads_on_its_recorded_hub_base(hub, workspace, tmp_path):
+    """Base on the Hub -> LoRA trained from its id -> adapter pushed; a fresh process loads the adapter on the base
+    the adapter records (id and commit), as its model card shows, and gets the trainer's logits."""
+    from peft import PeftModel
+    from scripts.push_checkpoint import push_folder
+
+    base_commit = push_folder(workspace / "base", "org/base")
+    env = {**SUBPROCESS_ENV, **hub_env(hub.endpoint, tmp_path / "trainer-home")}
+    argv = [sys.executable, str(ROOT / "train.py"), "--model", "org/base", "--data-dir", workspace / "data",
+            "--data-cache-dir", workspace / "cache", "--output-dir", tmp_path / "lora", "--lora-rank", 4,
+            "--per-device-train-batch-size", 4, "--global-batch-size", 4, "--learning-rate", "2e-3", "--max-steps", 2,
+            "--save-strategy", "no", "--eval-strategy", "no", "--dataloader-num-workers", 0, "--disable-tqdm", "true",
+            "--push-to-hub", "true", "--hub-model-id", "org/base-lora"]
+    result = subprocess.run([str(a) for a in argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter_config = json.loads((hub.repo_dir("org/base-lora").glob("commits/*/tree/adapter_config.json").__next__()).read_text())
+    assert adapter_config["base_model_name_or_path"] == "org/base"
+    assert adapter_config["revision"] == base_commit.oid
+    card = (tmp_path / "lora" / "adapter" / "README.md").read_text()
+    assert f"from_pretrained('org/base', revision={base_commit.oid!r}, trust_remote_code=True)" in card
+    assert "PeftModel.from_pretrained(base, 'org/base-lora')" in card and "base_model: org/base" in card
+
+    script = """
+import json, torch
+from huggingface_hub import hf_hub_download
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+config = json.load(open(hf_hub_download("org/base-lora", "adapter_config.json")))
+base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], revision=config["revision"], trust_remote_code=True)
+model = PeftModel.from_pretrained(base, "org/base-lora").eval()
+with torch.no_grad():
+    print(json.dumps(model(input_ids=torch.tensor([[0, 5, 9, 300, 17, 42, 8, 250]])).logits.tolist()))
+"""
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**env, **hub_env(hub.endpoint, tmp_path / "client-home")},
+                            capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    local = PeftModel.from_pretrained(WorldVLAForConditionalGeneration.from_pretrained(workspace / "base"), tmp_path / "lora" / "adapter")
+    expected = logits_of(local, torch.tensor([[0, 5, 9, 300, 17, 42, 8, 250]]))
+    torch.testing.assert_close(torch.tensor(json.loads(loaded.stdout.strip().splitlines()[-1])), expected, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,29 @@
+"""worldvla_logging: the third-party warnings it lists are silenced, every other warning still shows."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_listed_warnings_are_silenced_and_others_kept():
+    # In a subprocess: warning filters are process-wide and pytest's own must stay untouched.
+    code = """
+import logging, warnings
+from worldvla_logging import configure_logging
+configure_logging()
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+warnings.warn("`other_option` is deprecated", FutureWarning)
+robosuite = logging.getLogger("robosuite_logs")
+robosuite.warning("No private macro file found!")
+robosuite.warning("To setup, run: python robosuite/scripts/setup_macros.py")
+robosuite.warning("the gripper failed to load")
+logging.getLogger("OpenGL.acceleratesupport").info("No OpenGL_accelerate module loaded")
+logging.getLogger("eval_libero").info("our own message")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "`other_option` is deprecated" in result.stderr and "the gripper failed to load" in result.stderr
+    assert "our own message" in result.stderr
+    for hidden in ("is_gradient_checkpointing", "private macro", "setup_macros", "OpenGL_accelerate"):
+        assert hidden not in result.stderr

@@ -1,0 +1,45 @@
+"""The one place where third-party warnings a user of this project cannot act on are silenced.
+
+Each entry names what it hides and why it is safe to hide. Everything else (this project's own warnings, and
+any other library warning) still shows. The command-line tools call `quiet_third_party_warnings()` first;
+`libero_sim` calls it before robosuite is imported.
+"""
+
+import logging
+import warnings
+
+# (category, message regex): deprecations raised inside transformers/peft/accelerate by their own calls.
+IGNORED_WARNINGS = (
+    # peft and the Trainer call PreTrainedModel.is_gradient_checkpointing (renamed in transformers 5).
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+# robosuite's advice, at every import, to create a private copy of its macros: the project runs on robosuite's
+# default macros (the "opengl" image convention its demos record), which that copy would only duplicate.
+ROBOSUITE_MACRO_ADVICE = ("No private macro file found", "It is recommended to use a private macro file", "setup_macros.py")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragments):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def quiet_third_party_warnings():
+    """Installs the filters above (idempotent)."""
+    for category, message in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    # PyOpenGL says at INFO, on every import, that its optional C accelerator is not installed.
+    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
+    robosuite_logger = logging.getLogger("robosuite_logs")
+    if not any(isinstance(existing, _DropMessages) for existing in robosuite_logger.filters):
+        robosuite_logger.addFilter(_DropMessages(ROBOSUITE_MACRO_ADVICE))
+
+
+def configure_logging(level=logging.INFO):
+    """What every command-line tool of the project starts with: timestamped log lines, the filters above."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party_warnings()
