@@ -17,8 +17,16 @@ from what is on disk (finished demos, the last complete tokenizer or Trainer che
 | diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (4 held-out demos) |
 | ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
 
-The defaults are the configuration of the shipped checkpoint (`checkpoints/worldvla-libero-spatial-64`); the
-demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
+The demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
+
+Training continues in rounds: `--continue-from MODEL` trains an earlier run's model (`<work-dir>/train/model`)
+further on this run's demos (new ones with another `--seed`), keeping its tokenizer and action bins, so the vq and
+init stages are skipped. The shipped checkpoint is such a chain; its model card lists every round's command, and
+`previous/` in the shipped folder keeps the earlier rounds' cards, curves and LIBERO results:
+
+    python scripts/reproduce_checkpoint.py --work-dir runs/round1 --stages demos,vq,init,train
+    python scripts/reproduce_checkpoint.py --work-dir runs/round2 --continue-from runs/round1/train/model --seed 1 \
+        --data-dir data/libero_spatial_64_seed1 --train-steps 3600 --learning-rate 5e-4
 """
 
 import argparse
@@ -64,6 +72,7 @@ def parse_args(argv=None):
     model.add_argument("--chunk-size", type=int, default=5, help="K")
     model.add_argument("--history-frames", type=int, default=2, help="M")
     train = parser.add_argument_group("training")
+    train.add_argument("--continue-from", default=None, help="a trained model folder to train further (skips vq and init)")
     train.add_argument("--train-steps", type=int, default=2400)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=1e-3)
@@ -86,16 +95,19 @@ def stage_commands(args):
          "--seed", str(args.seed), "--output-dir", str(data_dir)]
         for group in task_groups
     ]
-    vq = [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
-           "--image-size", str(args.resolution), "--max-steps", str(args.vq_steps), "--batch-size", str(args.vq_batch_size),
-           "--learning-rate", str(args.vq_learning_rate), "--warmup-steps", "50", "--eval-every", str(max(args.vq_steps // 5, 1)),
-           "--save-every", str(max(args.vq_steps // 5, 1)), "--seed", str(args.seed)]]
-    init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(work / "vq" / "processor"),
-             "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
-             "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
-             "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed)]]
-    train = [[python, "train.py", "--from-scratch-config", str(work / "init" / "config.json"), "--processor", str(work / "init"),
-              "--data-dir", str(data_dir), "--data-cache-dir", str(work / "cache"), "--dataset-key", args.suite,
+    if args.continue_from:  # the earlier model brings its tokenizer, bins and weights
+        vq, init, start = [], [], ["--model", str(args.continue_from)]
+    else:
+        vq = [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
+               "--image-size", str(args.resolution), "--max-steps", str(args.vq_steps), "--batch-size", str(args.vq_batch_size),
+               "--learning-rate", str(args.vq_learning_rate), "--warmup-steps", "50", "--eval-every", str(max(args.vq_steps // 5, 1)),
+               "--save-every", str(max(args.vq_steps // 5, 1)), "--seed", str(args.seed)]]
+        init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(work / "vq" / "processor"),
+                 "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
+                 "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
+                 "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed)]]
+        start = ["--from-scratch-config", str(work / "init" / "config.json"), "--processor", str(work / "init")]
+    train = [[python, "train.py", *start, "--data-dir", str(data_dir), "--data-cache-dir", str(work / "cache"), "--dataset-key", args.suite,
               "--val-split", "episodes", "--max-eval-samples", "512", "--output-dir", str(work / "train"),
               "--max-steps", str(args.train_steps), "--global-batch-size", str(args.batch_size),
               "--per-device-train-batch-size", str(min(args.batch_size, 16)), "--learning-rate", str(args.learning_rate),
@@ -134,8 +146,25 @@ def run_parallel(commands, log_dir, stage):
         raise SystemExit(f"stage {stage} failed: " + "; ".join(failed))
 
 
-def ship(args, commands):
-    """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands."""
+PREVIOUS_ROUND_FILES = ("README.md", "training_summary.json", "training_curves.png", "eval", "previous")
+
+
+def reproduce_command(argv):
+    """This run's command line for every stage: `argv` without its --stages."""
+    kept, skip_value = [], False
+    for argument in argv:
+        if skip_value:
+            skip_value = False
+        elif argument == "--stages":
+            skip_value = True
+        elif not argument.startswith("--stages="):
+            kept.append(argument)
+    return shlex.join(["python", "scripts/reproduce_checkpoint.py", *kept])
+
+
+def ship(args, commands, argv):
+    """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands; a model that
+    continues an earlier one keeps that one's card, curves and results under previous/."""
     work = Path(args.work_dir)
     model_dir, eval_dir = work / "train" / "model", work / "eval"
     if not (eval_dir / "summary.json").is_file():
@@ -148,23 +177,44 @@ def ship(args, commands):
     (staging / "eval").mkdir()
     for name in ("results.md", "summary.json", "settings.json", "episodes.jsonl"):
         shutil.copy2(eval_dir / name, staging / "eval" / name)
+    earlier = Path(args.continue_from) if args.continue_from else None
+    vq_eval = work / "vq" / "eval" if not earlier else earlier / "vq_eval"  # a continued model keeps its tokenizer
     for name in ("metrics.json", "results.md", "reconstructions.png", "psnr_curve.png"):
-        if (work / "vq" / "eval" / name).is_file():
+        if (vq_eval / name).is_file():
             (staging / "vq_eval").mkdir(exist_ok=True)
-            shutil.copy2(work / "vq" / "eval" / name, staging / "vq_eval" / name)
+            shutil.copy2(vq_eval / name, staging / "vq_eval" / name)
     if (work / "diagnosis.json").is_file():
         shutil.copy2(work / "diagnosis.json", staging / "eval" / "diagnosis.json")
     filmstrips = sorted((work / "world_model" / "videos").glob("*.png"))
     if filmstrips:
         shutil.copy2(filmstrips[0], staging / "world_model_filmstrip.png")
+    earlier_reproduce = ""
+    if earlier:
+        for name in PREVIOUS_ROUND_FILES:
+            source = earlier / name
+            if source.is_dir():
+                shutil.copytree(source, staging / "previous" / name)
+            elif source.is_file():
+                (staging / "previous").mkdir(exist_ok=True)
+                shutil.copy2(source, staging / "previous" / name)
+        earlier_card = (earlier / "README.md").read_text() if (earlier / "README.md").is_file() else ""
+        if "\n## Reproduce\n" in earlier_card:
+            earlier_reproduce = (
+                f"This round continues `{earlier}` (its card, curves and results: `previous/`), which was made by:\n\n"
+                + earlier_card.split("\n## Reproduce\n", 1)[1].strip()
+                + "\n\nthen this round, whose `--continue-from` is that model (from nothing: run the rounds in order, each "
+                "continuing the previous round's `<work-dir>/train/model`):\n\n"
+            )
     card = (staging / "README.md").read_text()
-    reproduce = " \\\n    ".join(shlex.join(command[1:] if command[0] == sys.executable else command) for stage in commands.values() for command in stage)
+    stage_lines = "\n".join(
+        shlex.join(["python", *command[1:]] if command[0] == sys.executable else command) for stage in commands.values() for command in stage
+    )
     card += (
         f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of every task)\n\n"
         f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes. Per task "
         f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}\n"
-        "## Reproduce\n\n```bash\npython scripts/reproduce_checkpoint.py --work-dir runs/reproduce\n```\n\n"
-        f"which runs, stage by stage:\n\n```bash\npython {reproduce}\n```\n"
+        f"## Reproduce\n\n{earlier_reproduce}```bash\n{reproduce_command(argv)}\n```\n\n"
+        f"which runs, stage by stage:\n\n```bash\n{stage_lines}\n```\n"
     )
     (staging / "README.md").write_text(card)
     if target.exists():
@@ -191,13 +241,16 @@ def main(argv=None):
         if stage not in stages:
             continue
         if stage == "ship":
-            ship(args, commands)
+            ship(args, commands, sys.argv[1:] if argv is None else argv)
         elif stage == "vq" and (work / "vq" / "processor").is_dir() and (work / "vq" / "eval" / "metrics.json").is_file():
             logger.info("vq: %s exists, skipped", work / "vq" / "processor")
         elif stage == "train" and (work / "train" / "model").is_dir():
             logger.info("train: %s exists, skipped", work / "train" / "model")
         else:
             command_list = commands[stage]
+            if not command_list:
+                logger.info("%s: nothing to run (training continues %s)", stage, args.continue_from)
+                continue
             if stage == "train":
                 import train as train_module
 

@@ -1,0 +1,52 @@
+"""scripts/reproduce_checkpoint.py: the stage commands of a first round and of a continued round, and shipping."""
+import json
+import shutil
+from pathlib import Path
+
+from scripts import reproduce_checkpoint as reproduce
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints" / "worldvla-libero-spatial-64"
+
+
+def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model():
+    first = reproduce.stage_commands(reproduce.parse_args(["--work-dir", "runs/round1"]))
+    assert [len(first[stage]) for stage in reproduce.STAGES[:-1]] == [2, 1, 1, 1, 1, 2]
+    train = first["train"][0]
+    assert train[train.index("--from-scratch-config") + 1] == "runs/round1/init/config.json" and "--model" not in train
+
+    argv = ["--work-dir", "runs/round2", "--continue-from", "runs/round1/train/model", "--seed", "1", "--data-dir", "data/seed1"]
+    second = reproduce.stage_commands(reproduce.parse_args(argv))
+    assert second["vq"] == [] and second["init"] == []
+    train = second["train"][0]
+    assert train[train.index("--model") + 1] == "runs/round1/train/model" and "--from-scratch-config" not in train
+    assert train[train.index("--data-dir") + 1] == "data/seed1" and train[train.index("--seed") + 1] == "1"
+    assert all(command[command.index("--seed") + 1] == "1" for command in second["demos"])
+
+
+def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatch):
+    earlier = tmp_path / "round1-model"
+    shutil.copytree(SHIPPED, earlier)
+    work = tmp_path / "round2"
+    shutil.copytree(SHIPPED, work / "train" / "model", ignore=shutil.ignore_patterns("eval", "vq_eval", "previous"))
+    (work / "train" / "model" / "README.md").write_text("# WorldVLA fine-tuned on libero_spatial\n")
+    shutil.copytree(SHIPPED / "eval", work / "eval")
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+
+    argv = ["--work-dir", str(work), "--continue-from", str(earlier), "--seed", "1", "--stages", "ship"]
+    args = reproduce.parse_args(argv)
+    reproduce.ship(args, reproduce.stage_commands(args), argv)
+
+    shipped = tmp_path / "checkpoints" / "worldvla-libero-spatial-64"
+    assert (shipped / "previous" / "README.md").read_text() == (earlier / "README.md").read_text()
+    assert (shipped / "previous" / "eval" / "summary.json").read_bytes() == (earlier / "eval" / "summary.json").read_bytes()
+    assert (shipped / "vq_eval" / "metrics.json").read_bytes() == (earlier / "vq_eval" / "metrics.json").read_bytes()
+    card = (shipped / "README.md").read_text()
+    earlier_reproduce = (earlier / "README.md").read_text().split("\n## Reproduce\n", 1)[1].strip()
+    assert earlier_reproduce in card
+    this_round = f"python scripts/reproduce_checkpoint.py --work-dir {work} --continue-from {earlier} --seed 1"
+    assert card.index(earlier_reproduce) < card.index(this_round)
+    stage_block = card.rsplit("which runs, stage by stage:\n\n```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert all(line.startswith("python ") for line in stage_block) and len(stage_block) == 2 + 1 + 1 + 2  # demos, train, eval, diagnose
+    summary = json.loads((work / "eval" / "summary.json").read_text())
+    assert f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes" in card
