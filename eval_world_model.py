@@ -26,6 +26,7 @@ summary.json, results.md (the paper's table layout) and metrics_per_frame.png.
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ def build_parser():
         help="named trajectories instead of a split: FILE:DEMO[,FILE:DEMO...], FILE relative to --data-dir "
         "(e.g. task_demo.hdf5:demo_3,task_demo.hdf5:demo_7)",
     )
-    data.add_argument("--max-trajectories", type=int, default=None, help="evaluate only the first N selected")
+    data.add_argument("--max-trajectories", type=int, default=None, help="evaluate N of the selected, taken from each task in turn (an even spread)")
     data.add_argument(
         "--skip-short", action="store_true",
         help="skip (with a warning) trajectories shorter than the longest horizon instead of stopping with an error",
@@ -247,8 +248,17 @@ def select_trajectories(args):
     if duplicates:
         raise EvaluationError(f"trajectories named twice: {duplicates}")
     if args.max_trajectories:
-        selected = selected[: args.max_trajectories]
+        selected = spread_over_tasks(selected)[: args.max_trajectories]
     return selected
+
+
+def spread_over_tasks(trajectories):
+    """The trajectories reordered round-robin over their files (tasks): the first of each task, then the second..."""
+    by_task = {}
+    for trajectory in trajectories:
+        by_task.setdefault(trajectory.path, []).append(trajectory)
+    rounds = itertools.zip_longest(*by_task.values())
+    return [trajectory for round_ in rounds for trajectory in round_ if trajectory is not None]
 
 
 def frames_needed(horizons, first_frame):

@@ -14,7 +14,7 @@ from what is on disk (finished demos, the last complete tokenizer or Trainer che
 | init | `scripts/build_small_checkpoint.py --processor` | `<work-dir>/init`: the random model around that processor |
 | train | `train.py --from-scratch-config` | `<work-dir>/train/model`, validation curves in its `training_summary.json` |
 | eval | `eval_libero.py` | `<work-dir>/eval`: the benchmark's fixed initial states `--eval-trials` of every task |
-| diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (4 held-out demos) |
+| diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (10 held-out demos, one per task) |
 | ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
 
 The demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
@@ -123,7 +123,7 @@ def stage_commands(args):
         [python, "scripts/diagnose_policy.py", "--model", model_dir, "--data-dir", str(data_dir), "--cache-dir", str(work / "cache"),
          "--val-split", "episodes", "--prompts", "128", "--output", str(work / "diagnosis.json")],
         [python, "eval_world_model.py", "--model", model_dir, "--data-dir", str(data_dir), "--val-split", "episodes",
-         "--split", "val_ind", "--max-trajectories", "4", "--horizons", "10,50", "--batch-size", "4", "--threads", "1",
+         "--split", "val_ind", "--max-trajectories", "10", "--horizons", "10,50", "--batch-size", "4", "--threads", "1",
          "--output-dir", str(work / "world_model")],
     ]
     return {"demos": demos, "vq": vq, "init": init, "train": train, "eval": evaluate, "diagnose": diagnose}
@@ -188,6 +188,16 @@ def ship(args, commands, argv):
     filmstrips = sorted((work / "world_model" / "videos").glob("*.png"))
     if filmstrips:
         shutil.copy2(filmstrips[0], staging / "world_model_filmstrip.png")
+    world_model = ""
+    if (work / "world_model" / "results.md").is_file():
+        (staging / "eval" / "world_model").mkdir()
+        for name in ("results.md", "summary.json", "metrics_per_frame.png"):
+            if (work / "world_model" / name).is_file():
+                shutil.copy2(work / "world_model" / name, staging / "eval" / "world_model" / name)
+        world_model = (
+            "\n## World model (held-out demos, `eval_world_model.py`; `eval/world_model/`)\n\n"
+            + (work / "world_model" / "results.md").read_text().strip() + "\n"
+        )
     earlier_reproduce = ""
     if earlier:
         for name in PREVIOUS_ROUND_FILES:
@@ -212,7 +222,7 @@ def ship(args, commands, argv):
     card += (
         f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of every task)\n\n"
         f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes. Per task "
-        f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}\n"
+        f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}{world_model}\n"
         f"## Reproduce\n\n{earlier_reproduce}```bash\n{reproduce_command(argv)}\n```\n\n"
         f"which runs, stage by stage:\n\n```bash\n{stage_lines}\n```\n"
     )

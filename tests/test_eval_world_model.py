@@ -461,3 +461,13 @@ def test_load_lpips_is_a_frozen_differentiable_module(vgg_weights):
     np.testing.assert_allclose(metrics.LPIPSVGG(vgg_weights)(frames, truth),
                                100 * network(metrics.frames_to_signed_tensor(truth), metrics.frames_to_signed_tensor(frames)).flatten().detach().numpy(),
                                rtol=1e-5)
+
+
+def test_max_trajectories_takes_an_even_spread_over_tasks(tmp_path, model_dir, data_dir):
+    args = eval_world_model.parse_args(cli_args(model_dir, data_dir, tmp_path, "--split", "all", "--max-trajectories", "3"))
+    everything = eval_world_model.folder_trajectories(args.data_dir, args.val_split)
+    tasks = sorted({t.path.name for t in everything})
+    assert len(tasks) >= 2
+    selected = eval_world_model.select_trajectories(args)
+    first_of = {task: next(t.id for t in everything if t.path.name == task) for task in tasks}
+    assert [t.id for t in selected[: len(tasks)]] == [first_of[task] for task in tasks][:3]
