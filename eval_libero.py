@@ -42,6 +42,7 @@ from libero_sim.env import (
 )
 from policy_worldvla import missing_local_checkpoint
 from worldvla_logging import configure_logging
+from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
 logger = logging.getLogger("eval_libero")
 
@@ -191,43 +192,6 @@ def worker_main(config, work_queue, result_queue):
 
 
 # Results files ----------------------------------------------------------------------------------
-def read_episodes(path):
-    """Finished episode records. A truncated last line (a crash mid-write) is dropped from the
-    file so that the next append starts on a fresh line."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    records, good_bytes = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated line")
-            records.append(json.loads(line))
-            good_bytes += len(line)
-        except ValueError:
-            if good_bytes + len(line) < len(raw):
-                logger.warning("Skipping a corrupted line in %s", path)
-                good_bytes += len(line)
-                continue
-            logger.warning("Dropping a truncated last line of %s: its episode will be run again", path)
-    if good_bytes < len(raw):
-        with open(path, "r+b") as stream:
-            stream.truncate(good_bytes)
-            os.fsync(stream.fileno())
-    return records
-
-
-def append_episode(path, record):
-    """Appends one JSON line with a single write, then fsyncs, so a line is whole or absent."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def latest_by_episode(records):
     """The last record of each (task_id, trial)."""
     return {(record["task_id"], record["trial"]): record for record in records}
@@ -279,12 +243,6 @@ def wilson_interval(successes, trials, z=1.959964):
     centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
-
-
-def write_atomically(path, text):
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def results_table(summary):
@@ -386,7 +344,7 @@ def check_settings(output_dir, settings):
                 "--output-dir, or the recorded settings to resume"
             )
     else:
-        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+        write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
 def evaluate(config):
@@ -406,7 +364,7 @@ def evaluate(config):
     check_settings(output_dir, settings)
     episodes_path = output_dir / EPISODES_FILE
 
-    records = read_episodes(episodes_path)
+    records = read_jsonl(episodes_path, "episode")
     done = {key for key, r in latest_by_episode(records).items() if r["status"] in ("success", "failure")}
     wanted = {(t, trial) for t in task_ids for trial in trials}
     pending = sorted(wanted - done)
@@ -417,7 +375,7 @@ def evaluate(config):
     progress = tqdm(total=len(pending), desc=config["suite"], unit="episode")
 
     def report(record):
-        append_episode(episodes_path, record)
+        append_jsonl(episodes_path, record)
         records.append(record)
         if record["status"] == "error":
             logger.error("Task %d trial %d raised:\n%s", record["task_id"], record["trial"], record["error"])
@@ -441,9 +399,9 @@ def evaluate(config):
 
 def write_summary(output_dir, records, settings, task_names):
     summary = summarize(records, settings, task_names)
-    write_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     table = results_table(summary)
-    write_atomically(output_dir / RESULTS_FILE, table)
+    write_text_atomically(output_dir / RESULTS_FILE, table)
     return summary, table
 
 
@@ -460,7 +418,7 @@ def merge_results(folders, output_dir):
         different = {k: (settings.get(k), these.get(k)) for k in OUTCOME_SETTINGS if settings.get(k) != these.get(k)}
         if different:
             raise SystemExit(f"{folder} was run with other settings than {folders[0]}: {different}")
-        folder_records = read_episodes(folder / EPISODES_FILE)
+        folder_records = read_jsonl(folder / EPISODES_FILE, "episode")
         records += folder_records
         task_names.update({r["task_id"]: r["task_name"] for r in folder_records})
     output_dir = Path(output_dir)
@@ -469,7 +427,7 @@ def merge_results(folders, output_dir):
     # One record per episode; a finished one wins over one that raised, wherever it comes from.
     records.sort(key=lambda record: record["status"] != "error")
     merged = sorted(latest_by_episode(records).values(), key=lambda r: (r["task_id"], r["trial"]))
-    write_atomically(output_dir / EPISODES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
+    write_text_atomically(output_dir / EPISODES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
     return write_summary(output_dir, merged, settings, dict(sorted(task_names.items())))
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worldvla_logging import configure_logging
+from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
 logger = logging.getLogger("eval_world_model")
 
@@ -414,55 +415,12 @@ def check_or_write_settings(output_dir, settings):
             )
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(settings, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Results files
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def write_atomically(path, text):
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-def read_records(path):
-    """Finished trajectory records. A truncated last line (a crash mid-write) is cut from the file so that the next
-    append starts on a fresh line; its trajectory is evaluated again."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    records, good_bytes = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated line")
-            records.append(json.loads(line))
-            good_bytes += len(line)
-        except ValueError:
-            if good_bytes + len(line) < len(raw):
-                logger.warning("Skipping a corrupted line in %s", path)
-                good_bytes += len(line)
-                continue
-            logger.warning("Dropping a truncated last line of %s: its trajectory will be evaluated again", path)
-    if good_bytes < len(raw):
-        with open(path, "r+b") as stream:
-            stream.truncate(good_bytes)
-            os.fsync(stream.fileno())
-    return records
-
-
-def append_record(path, record):
-    """One JSON line in a single write, then fsync: a line is whole or absent."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def safe_name(trajectory_id):
@@ -986,7 +944,7 @@ def evaluate(args):
         logger.warning(note)
 
     records_path = output_dir / TRAJECTORIES_FILE
-    records = read_records(records_path)
+    records = read_jsonl(records_path, "trajectory")
     done = finished_ids(output_dir, records, need_features=args.i3d_weights is not None)
     pending = [t for t in trajectories if t.id not in done]
     logger.info("%d trajectories to evaluate, %d already in %s", len(pending), len(trajectories) - len(pending), records_path)
@@ -1003,7 +961,7 @@ def evaluate(args):
         for start in range(0, len(pending), args.batch_size):
             batch = pending[start : start + args.batch_size]
             for record in evaluate_batch(models, batch, args, output_dir):
-                append_record(records_path, record)
+                append_jsonl(records_path, record)
                 records.append(record)
                 progress.update(1)
             prediction = [r["horizons"][str(args.horizons[0])]["prediction"]["psnr"] for r in records]
@@ -1013,9 +971,9 @@ def evaluate(args):
     latest = {record["trajectory"]: record for record in records}
     relevant = [latest[t.id] for t in trajectories if t.id in latest]
     summary = summarize(relevant, settings, notes, output_dir)
-    write_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     table = results_markdown(summary)
-    write_atomically(output_dir / RESULTS_FILE, table)
+    write_text_atomically(output_dir / RESULTS_FILE, table)
     plot_per_frame(summary, output_dir / PLOT_FILE)
     return summary, table
 

@@ -99,7 +99,7 @@ def parse_args(argv=None):
 
 def check_resumable_settings(output_dir, args):
     """Records the run's settings on the first run; a rerun with other fixed settings is an error naming them."""
-    from worldvla_vq_training import write_json_atomically
+    from worldvla_results import write_json_atomically
 
     settings_file = Path(output_dir) / "train_vq_args.json"
     current = {name: getattr(args, name) for name in FIXED_SETTINGS}
@@ -144,6 +144,7 @@ def write_evaluation(output_dir, model, heldout, state, args):
     from PIL import Image
 
     import worldvla_vq_training as vq_training
+    from worldvla_results import write_json_atomically
 
     eval_dir = Path(output_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ def write_evaluation(output_dir, model, heldout, state, args):
         "curve": state["evaluations"],
         "settings": {name: getattr(args, name) for name in FIXED_SETTINGS},
     }
-    vq_training.write_json_atomically(eval_dir / "metrics.json", metrics)
+    write_json_atomically(eval_dir / "metrics.json", metrics)
     table = [
         "| frames | PSNR (dB) | SSIM x100 | codebook use | perplexity | steps | training time |",
         "|---|---|---|---|---|---|---|",

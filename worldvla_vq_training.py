@@ -19,7 +19,6 @@ same batches, restarts and updates as an uninterrupted one.
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -314,12 +313,6 @@ def load_checkpoint(path, model, discriminator, optimizers, codebook):
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(states[name])
     return json.loads((path / TRAINER_STATE).read_text())
-
-
-def write_json_atomically(path, payload):
-    temporary = Path(f"{path}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
