@@ -57,6 +57,7 @@ from configuration_worldvla import (  # noqa: E402
 )
 from modeling_worldvla import WorldVLAForConditionalGeneration, WorldVLAVQModel  # noqa: E402
 from processing_worldvla import LIBERO_ACTION_STATISTICS, WorldVLAProcessor  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 logger = logging.getLogger("convert_worldvla_checkpoint")
 
@@ -675,7 +676,7 @@ def push_to_hub(output_dir, repo_id, private=False, token=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--model-dir", required=True, help="released model folder, e.g. WorldVLA/model_256/libero_spatial"
     )

@@ -41,7 +41,7 @@ from libero_sim.env import (
     third_person_frame,
 )
 from policy_worldvla import missing_local_checkpoint
-from worldvla_logging import configure_logging
+from worldvla_cli import HelpFormatter, configure_logging
 from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
 logger = logging.getLogger("eval_libero")
@@ -463,10 +463,6 @@ def default_device():
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, the module docstring kept as written."""
 
 
 def parse_args(argv=None):

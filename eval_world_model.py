@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worldvla_logging import configure_logging
+from worldvla_cli import configure_logging
 from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
 logger = logging.getLogger("eval_world_model")

@@ -14,7 +14,6 @@ statistics, the code files and a model card) and, with LoRA, `adapter/`. Each is
 folder and renamed when complete. See docs/training.md.
 """
 
-import argparse
 import json
 import logging
 import shutil
@@ -40,7 +39,7 @@ from configuration_worldvla import IGNORE_INDEX
 from modeling_worldvla import safetensors_problem
 from policy_worldvla import missing_local_checkpoint
 from processing_worldvla import vq_fingerprint
-from worldvla_logging import configure_logging
+from worldvla_cli import HelpFormatter, configure_logging
 
 logger = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent
@@ -139,10 +138,6 @@ class WorldVLATrainingArguments(TrainingArguments):
     eval_strategy: str = "epoch"
     save_strategy: str = "epoch"
     logging_steps: float = 10
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, the module docstring kept as written."""
 
 
 def parse_arguments(argv=None):

@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from worldvla_logging import configure_logging
+from worldvla_cli import HelpFormatter, configure_logging
 
 logger = logging.getLogger("train_vq")
 # Settings that must not change when a run is resumed (the rest, e.g. --max-steps, may).
@@ -32,10 +32,6 @@ FIXED_SETTINGS = (
     "image_size", "downsample", "codebook_size", "base_channels", "embed_dim", "num_res_blocks", "batch_size",
     "seed", "heldout_fraction", "gan_weight", "discriminator_channels", "lpips_weight",
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, the module docstring kept as written."""
 
 
 def parse_args(argv=None):

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from modeling_worldvla import ActionChunkLogitsProcessor, build_action_attention_mask  # noqa: E402
 from scripts.build_small_checkpoint import build_small_worldvla  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 METHODS = ("parallel", "sequential", "release")
@@ -278,7 +279,7 @@ def print_table(runs, threads, rounds, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--sizes", type=parse_list(parse_size), default=[(4, 256), (8, 512)], help="LAYERSxHIDDEN,... (default 4x256,8x512)"
     )

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.build_small_checkpoint import build_small_worldvla  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 
 def prompts_for(processor, count, seed):
@@ -43,7 +44,7 @@ def agreement(model, prompts):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="a checkpoint folder (default: random small models)")
     parser.add_argument("--seeds", type=int, default=4, help="random models (without --model)")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per model")

@@ -48,6 +48,7 @@ from modeling_worldvla import WorldVLAVQModel  # noqa: E402
 from policy_worldvla import WorldVLAPolicy  # noqa: E402
 from processing_worldvla import WorldVLAProcessor, vq_fingerprint  # noqa: E402
 from scripts.build_small_checkpoint import build_small_worldvla  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 SHIPPED = ROOT / "checkpoints" / "worldvla-libero-spatial-64"
 SHIPPED_FRAME = ROOT / "tests" / "data" / "libero_spatial_task0_state0.png"
@@ -225,7 +226,7 @@ def print_table(runs, threads, rounds, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--settings", default="shipped,256px", help="comma-separated: shipped, 256px (default both)")
     parser.add_argument("--rounds", "--repeats", type=int, default=5, help="timed queries per setting (default 5)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")

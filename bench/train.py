@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from modeling_worldvla import build_action_attention_mask  # noqa: E402
 from scripts.build_small_checkpoint import build_small_worldvla  # noqa: E402
 from worldvla_data import Episode, WorldVLASamples  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 logger = logging.getLogger("bench.train")
 
@@ -45,7 +46,7 @@ def synthetic_episodes(count, length, grid, codebook_size, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=3)

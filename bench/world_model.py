@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modeling_worldvla import ImageTokensLogitsProcessor, additive_mask, build_action_attention_mask  # noqa: E402
 from scripts.build_small_checkpoint import build_small_worldvla  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 
 def min_seconds(function, repeats, warmup=1):
@@ -191,7 +192,7 @@ def bench_batch(model, processor, batch, repeats, seed):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("--batch-sizes", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--image-size", type=int, default=256)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldvla_logging import quiet_third_party_warnings
+from worldvla_cli import quiet_third_party_warnings
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,10 @@ sys.path.insert(0, str(ROOT))
 from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig  # noqa: E402
 from modeling_worldvla import WorldVLAForConditionalGeneration, WorldVLAVQModel  # noqa: E402
 from processing_worldvla import WorldVLAProcessor, build_text_tokenizer, vq_fingerprint  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 INSTRUCTIONS_FILE = ROOT / "assets" / "libero_instructions.txt"
 logger = logging.getLogger(__name__)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, the module docstring kept as written."""
 
 
 def build_small_worldvla(

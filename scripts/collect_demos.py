@@ -39,7 +39,7 @@ from libero_sim.env import (  # noqa: E402
     run_episode,
 )
 from libero_sim.expert import ScriptedExpert  # noqa: E402
-from worldvla_logging import configure_logging  # noqa: E402
+from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 logger = logging.getLogger("collect_demos")
 
@@ -152,7 +152,7 @@ def collect_task(suite, task_id, args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=type("Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {})
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--suite", choices=SUITES, required=True)
     parser.add_argument("--tasks", default="all", help="comma-separated task ids, or 'all'")

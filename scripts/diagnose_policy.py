@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import worldvla_data  # noqa: E402
 from processing_worldvla import history_indices  # noqa: E402
+from worldvla_cli import HelpFormatter  # noqa: E402
 
 VARIANTS = {
     "as trained": {"one_frame": False, "action_mask": True},
@@ -74,7 +75,7 @@ def compare(processor, steps, tokens, chunk_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="a WorldVLA checkpoint folder")
     parser.add_argument("--data-dir", required=True, help="the LIBERO-format demos it was trained on")
     parser.add_argument("--cache-dir", default=None, help="the tokenised-episode cache (train.py's --data-cache-dir)")

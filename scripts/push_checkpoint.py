@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modeling_worldvla import safetensors_problem  # noqa: E402
-from worldvla_logging import configure_logging  # noqa: E402
+from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 logger = logging.getLogger("push_checkpoint")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -74,10 +74,6 @@ def push_folder(folder, repo_id, token=None, private=False, revision=None, commi
     )
     logger.info("pushed %s to %s", folder, commit.commit_url)
     return commit
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, the module docstring kept as written."""
 
 
 def parse_args(argv=None):

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worldvla_logging import configure_logging  # noqa: E402
+from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
 logger = logging.getLogger("reproduce_checkpoint")
@@ -50,7 +50,7 @@ logger = logging.getLogger("reproduce_checkpoint")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=type("Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--work-dir", required=True, help="tokenizer, model, evaluation and logs of this run")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run, of {', '.join(STAGES)}")

@@ -1,4 +1,4 @@
-"""worldvla_logging: the third-party warnings it lists are silenced, every other warning still shows."""
+"""worldvla_cli: the third-party warnings it lists are silenced, every other warning still shows."""
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ def test_listed_warnings_are_silenced_and_others_kept():
     # In a subprocess: warning filters are process-wide and pytest's own must stay untouched.
     code = """
 import logging, warnings
-from worldvla_logging import configure_logging
+from worldvla_cli import configure_logging
 configure_logging()
 warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
 warnings.warn("`other_option` is deprecated", FutureWarning)

@@ -1,12 +1,18 @@
-"""The one place where third-party warnings a user of this project cannot act on are silenced.
+"""What the project's command-line tools share: the help layout, the logging set-up, and the one place where
+third-party warnings a user cannot act on are silenced.
 
-Each entry names what it hides and why it is safe to hide. Everything else (this project's own warnings, and
-any other library warning) still shows. The command-line tools call `quiet_third_party_warnings()` first;
-`libero_sim` calls it before robosuite is imported.
+Each silenced entry names what it hides and why it is safe to hide. Everything else (this project's own
+warnings, and any other library warning) still shows. The tools call `configure_logging()` first; `libero_sim`
+calls `quiet_third_party_warnings()` before robosuite is imported.
 """
 
+import argparse
 import logging
 import warnings
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`--help` with every default shown and the module docstring kept as written."""
 
 # (category, message regex): deprecations raised inside transformers/peft/accelerate by their own calls.
 IGNORED_WARNINGS = (
