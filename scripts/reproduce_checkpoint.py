@@ -146,7 +146,7 @@ def run_parallel(commands, log_dir, stage):
         raise SystemExit(f"stage {stage} failed: " + "; ".join(failed))
 
 
-PREVIOUS_ROUND_FILES = ("README.md", "training_summary.json", "training_curves.png", "eval", "previous")
+PREVIOUS_ROUND_FILES = ("README.md", "training_summary.json", "training_curves.png", "world_model_filmstrip.png", "eval", "previous")
 
 
 def reproduce_command(argv):
