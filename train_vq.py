@@ -21,10 +21,12 @@ with dead-code restarts; optionally a perceptual loss from local LPIPS weights a
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from worldvla_cli import HelpFormatter, configure_logging
+from worldvla_results import publish_folder, staging_folder
 
 logger = logging.getLogger("train_vq")
 # Settings that must not change when a run is resumed (the rest, e.g. --max-steps, may).
@@ -208,13 +210,11 @@ def main(argv=None):
         model = model.cpu().eval()
         processor = vq_training.build_processor(model, args.image_size)
         final = output_dir / "processor"
-        staging = output_dir / "processor.incomplete"
+        staging = staging_folder(final)
         if staging.exists():
-            import shutil
-
             shutil.rmtree(staging)
         processor.save_pretrained(staging)
-        vq_training.publish_folder(staging, final)
+        publish_folder(staging, final)
         logger.info("saved the processor with the trained tokenizer to %s", final)
         write_evaluation(output_dir, model, heldout, state, args)
         if args.push_to_hub:

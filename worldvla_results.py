@@ -1,12 +1,15 @@
-"""Result files that survive a crash: records appended as whole JSON lines, everything else replaced atomically.
+"""Outputs that survive a crash: records appended as whole JSON lines, files replaced atomically, folders
+published by renames.
 
 `eval_libero.py` (episodes), `eval_world_model.py` (trajectories) and `train_vq.py` (settings, metrics) keep their
-results with these, so that a run killed at any moment resumes from what is on disk and never reads half a file.
+results with these, so that a run killed at any moment resumes from what is on disk and never reads half a file;
+`train.py` and `train_vq.py` publish their model and processor folders whole.
 """
 
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -62,3 +65,24 @@ def write_text_atomically(path, text):
 
 def write_json_atomically(path, payload):
     write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
+
+
+def staging_folder(final):
+    """Where `final` is written before it is published; the same name on every process."""
+    return Path(final).with_name(Path(final).name + ".incomplete")
+
+
+def publish_folder(staging, final):
+    """Make `staging` appear as `final` by renames only: a crash leaves the old `final` (or, between the two
+    renames, the old one as `<final>.previous`, put back by the next call), never half of one."""
+    final, staging = Path(final), Path(staging)
+    previous = final.with_name(final.name + ".previous")
+    if previous.exists() and not final.exists():
+        previous.rename(final)  # a crash between the renames of an earlier call
+    elif previous.exists():
+        shutil.rmtree(previous)
+    if final.exists():
+        final.rename(previous)
+    staging.rename(final)
+    if previous.exists():
+        shutil.rmtree(previous)

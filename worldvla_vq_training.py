@@ -31,11 +31,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import worldvla_data
-from train import publish_folder
 import worldvla_metrics
 from configuration_worldvla import WorldVLAConfig, WorldVLAVQConfig
 from modeling_worldvla import WorldVLAVQModel
 from processing_worldvla import WorldVLAProcessor, build_text_tokenizer, images_to_pixel_values, pixel_values_to_images
+from worldvla_results import publish_folder, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def list_checkpoints(output_dir):
 
 def save_checkpoint(output_dir, step, model, discriminator, optimizers, codebook, trainer_state, keep=2):
     final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    staging = final.with_name(final.name + ".incomplete")
+    staging = staging_folder(final)
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging / "vq")

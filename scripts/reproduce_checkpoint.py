@@ -262,9 +262,9 @@ def main(argv=None):
                 logger.info("%s: nothing to run (training continues %s)", stage, args.continue_from)
                 continue
             if stage == "train":
-                import train as train_module
+                from worldvla_training import last_complete_checkpoint
 
-                if train_module.last_complete_checkpoint(work / "train"):
+                if last_complete_checkpoint(work / "train"):
                     command_list = [command_list[0] + ["--resume-from-checkpoint", "last"]]
             run_parallel(command_list, work / "logs", stage)
         logger.info("stage %s done", stage)

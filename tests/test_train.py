@@ -16,6 +16,8 @@ from transformers import EvalPrediction
 
 import train
 import worldvla_data
+import worldvla_results
+import worldvla_training
 from modeling_worldvla import WorldVLAForConditionalGeneration, safetensors_problem
 from processing_worldvla import LIBERO_ACTION_STATISTICS
 from scripts.build_small_checkpoint import build_small_worldvla
@@ -120,11 +122,30 @@ def test_inputs_are_checked_before_any_model_is_loaded(tmp_path, capsys):
     assert model_args.model == "org/name"
 
 
-def test_help_lists_the_options(capsys):
+def test_help_lists_the_options_without_importing_torch():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "--lora-rank" in text and "--action-stats" in text and "--help-all" in text
+    assert "Samples per optimizer step over all processes (paper: 32);" in text and "(default: 32)" in text
+    assert "--max_steps MAX_STEPS" not in text  # a Trainer option, listed by --help-all
+    probe = "import sys, train; print(sorted(m for m in ('torch', 'transformers.trainer', 'h5py') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.strip() == "[]"
+
+
+def test_help_all_lists_every_trainer_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_arguments(["--help"])
+        train.parse_arguments(["--help-all"])
     out = capsys.readouterr().out
-    assert exit_info.value.code == 0 and "--lora-rank" in out and "--action-stats" in out and "--global-batch-size" in out
+    assert exit_info.value.code == 0 and "--lora-rank" in out and "--max_steps MAX_STEPS" in out and "--hub-model-id" in out
+
+
+def test_the_device_decides_what_the_recipe_leaves_open(tmp_path):
+    on_cpu = worldvla_training.WorldVLATrainingArguments(output_dir=str(tmp_path))
+    assert on_cpu.use_cpu is (not torch.cuda.is_available())
+    forced = worldvla_training.WorldVLATrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert forced.use_cpu is True and forced.bf16 is False and forced.activation_checkpointing is False
+    assert (forced.learning_rate, forced.adam_beta2, forced.max_grad_norm, forced.weight_decay) == (5e-6, 0.95, 4.0, 0.1)
 
 
 def test_loss_goes_down_and_losses_are_logged(full_run):
@@ -201,9 +222,9 @@ def test_resume_last_skips_a_checkpoint_cut_while_saving(workspace, caplog):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # killed mid-write
     (crashed / "checkpoint-12").mkdir()  # killed before anything was written
     with caplog.at_level("WARNING", logger="train"):
-        assert train.last_complete_checkpoint(crashed) == str(crashed / "checkpoint-4")
+        assert worldvla_training.last_complete_checkpoint(crashed) == str(crashed / "checkpoint-4")
     assert f"{weights}: " in caplog.text and "truncated" in caplog.text and "checkpoint-12: no trainer_state.json" in caplog.text
-    assert train.last_complete_checkpoint(workspace / "nothing-here") is None
+    assert worldvla_training.last_complete_checkpoint(workspace / "nothing-here") is None
     assert safetensors_problem(source / "checkpoint-8" / "model.safetensors") is None
 
 
@@ -262,11 +283,11 @@ def test_two_processes_match_one(workspace):
 
 
 def test_action_statistics_modes(workspace):
-    args = train.WorldVLATrainingArguments(output_dir=str(workspace / "stats"), use_cpu=True)
+    args = worldvla_training.WorldVLATrainingArguments(output_dir=str(workspace / "stats"), use_cpu=True)
     for mode in ("minmax", "quantile", "checkpoint"):
         model, processor = build_small_worldvla(seed=0)
         data_args = train.DataArguments(data_dir=str(workspace / "data"), data_cache_dir=str(workspace / "cache"), action_stats=mode)
-        train_set, evaluation, summary = train.build_datasets(data_args, processor, model.config, args)
+        train_set, evaluation, summary = worldvla_training.build_datasets(data_args, processor, model.config, args)
         stats = processor.action_statistics["data"]
         assert processor.default_unnorm_key == "data" and train_set.unnorm_key == "data"
         actions = np.concatenate([e.actions for e in train_set.episodes])
@@ -290,8 +311,8 @@ def test_quantile_bounds_survive_a_corrupted_value_and_name_it(caplog):
     episodes[3].actions[17, 2] = 1e6
     _, processor = build_small_worldvla(seed=0)
     with caplog.at_level(logging.WARNING, logger="train"):
-        quantile = train.action_statistics(episodes, train.DataArguments(action_stats="quantile"), processor)
-    minmax = train.action_statistics(episodes, train.DataArguments(action_stats="minmax"), processor)
+        quantile = worldvla_training.action_statistics(episodes, train.DataArguments(action_stats="quantile"), processor)
+    minmax = worldvla_training.action_statistics(episodes, train.DataArguments(action_stats="minmax"), processor)
     assert "task_a_demo.hdf5, data/demo_3, step 17, dimension 2: 1e+06" in caplog.text
     assert sum("action outlier" in record.message for record in caplog.records) == 1
     # min/max spreads the 256 bins over [-1, 1e6]: every real dz value falls in one bin; q01/q99 keeps them apart.
@@ -315,12 +336,12 @@ def test_evaluation_metrics_on_known_predictions():
     logits = torch.zeros(*labels.shape, config.vocab_size)
     targets = labels[:, 1:].clamp(min=0)
     logits[:, :-1].scatter_(-1, targets[..., None], 50.0)
-    preprocess = train.make_preprocess_logits_for_metrics(config)
+    preprocess = worldvla_training.make_preprocess_logits_for_metrics(config)
     predictions = tuple(p.numpy() for p in preprocess((logits, torch.tensor(1.0)), labels))
     assert predictions[0].shape == labels.shape
     labelled = labels.numpy() != -100
     assert (predictions[0][labelled] == labels.numpy()[labelled]).all()
-    metrics = train.make_compute_metrics(processor, config, "libero")(EvalPrediction(predictions, labels.numpy()))
+    metrics = worldvla_training.make_compute_metrics(processor, config, "libero")(EvalPrediction(predictions, labels.numpy()))
     assert metrics["action_token_accuracy"] == 1.0 and metrics["image_token_accuracy"] == 1.0
     assert metrics["action_l1"] == 0.0 and metrics["action_loss"] < 1e-6 and metrics["image_loss"] < 1e-6
 
@@ -329,7 +350,7 @@ def test_evaluation_metrics_on_known_predictions():
     position = np.argwhere(labels.numpy()[0] > config.action_token_offset)[2][0]  # the dz bin of the first action
     wrong[0][0, position] += 10
     wrong[1][0, position] += 10
-    metrics = train.make_compute_metrics(processor, config, "libero")(EvalPrediction(tuple(wrong), labels.numpy()))
+    metrics = worldvla_training.make_compute_metrics(processor, config, "libero")(EvalPrediction(tuple(wrong), labels.numpy()))
     assert metrics["action_token_accuracy"] == pytest.approx(34 / 35)
     step = (LIBERO_ACTION_STATISTICS["max"][2] - LIBERO_ACTION_STATISTICS["min"][2]) / 255
     assert metrics["action_l1"] == pytest.approx(10 * step / 35, rel=1e-6)
@@ -357,7 +378,7 @@ def test_publish_folder_never_leaves_half_a_folder(tmp_path, monkeypatch):
     (final / "old.txt").write_text("old")
 
     def staged(content):
-        staging = train.staging_folder(final)
+        staging = worldvla_results.staging_folder(final)
         staging.mkdir()
         (staging / "new.txt").write_text(content)
         return staging
@@ -373,12 +394,12 @@ def test_publish_folder_never_leaves_half_a_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train.publish_folder(staged("first"), final)
+        worldvla_results.publish_folder(staged("first"), final)
     monkeypatch.setattr(Path, "rename", real_rename)
     assert not final.exists() and (tmp_path / "model.previous" / "old.txt").read_text() == "old"
     # The next publish puts the old folder back first, then replaces it as a whole.
-    shutil.rmtree(train.staging_folder(final))
-    train.publish_folder(staged("second"), final)
+    shutil.rmtree(worldvla_results.staging_folder(final))
+    worldvla_results.publish_folder(staged("second"), final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"] and (final / "new.txt").read_text() == "second"
 
