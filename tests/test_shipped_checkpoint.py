@@ -60,7 +60,7 @@ def test_loads_in_a_fresh_process_and_gives_the_golden_tokens():
 
 def test_a_real_episode_runs_through_eval_libero(tmp_path):
     """The README's first command, shortened: the shipped checkpoint drives a LIBERO episode (40 policy steps,
-    8 chunks) and the results name it. It does not solve the task yet (0 of 100 episodes, see the README)."""
+    8 chunks) and the results name it. It solves 1 of its 50 evaluation episodes, none of task 0 (see the README)."""
     pytest.importorskip("libero")
     import eval_libero
 
