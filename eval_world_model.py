@@ -1,7 +1,7 @@
 """World-model evaluation of WorldVLA: autoregressive rollouts on ground-truth actions, against the truth.
 
     python eval_world_model.py --model PATH_OR_HUB_ID --data-dir demos/libero_goal --output-dir out/wm_goal
-    python eval_world_model.py --model M --data-dir D --demos task_demo.hdf5:demo_3,task_demo.hdf5:demo_7 \
+    python eval_world_model.py --model M --data-dir D --demos task_demo.hdf5:demo_3,task_demo.hdf5:demo_7 \\
         --horizons 10,50 --lpips-weights vgg16-397923af.pth --i3d-weights i3d_torchscript.pt --output-dir out/x
 
 The paper's protocol (WorldVLA, world-model table; metric settings of RynnVLA-002's evaluation): for each held-out
@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worldvla_cli import configure_logging
+from worldvla_cli import HelpFormatter, configure_logging
 from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
 logger = logging.getLogger("eval_world_model")
@@ -80,9 +80,7 @@ def positive_int_list(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", required=True, help="folder of LIBERO-format <task>_demo.hdf5 files")
     data.add_argument(

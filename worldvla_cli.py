@@ -14,6 +14,13 @@ import warnings
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """`--help` with every default shown and the module docstring kept as written."""
 
+    def _get_help_string(self, action):
+        # A help text that already states its default, and an option without one, get no "(default: ...)".
+        help_text = action.help or ""
+        if action.default is None or "default" in help_text.lower():
+            return help_text
+        return super()._get_help_string(action)
+
 # (category, message regex): deprecations raised inside transformers/peft/accelerate by their own calls.
 IGNORED_WARNINGS = (
     # peft and the Trainer call PreTrainedModel.is_gradient_checkpointing (renamed in transformers 5).

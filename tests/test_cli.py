@@ -1,4 +1,4 @@
-"""worldvla_cli: the third-party warnings it lists are silenced, every other warning still shows."""
+"""worldvla_cli: the third-party warnings it lists are silenced, every other warning still shows; --help states each default once."""
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +27,18 @@ logging.getLogger("eval_libero").info("our own message")
     assert "our own message" in result.stderr
     for hidden in ("is_gradient_checkpointing", "private macro", "setup_macros", "OpenGL_accelerate"):
         assert hidden not in result.stderr
+
+
+def test_help_shows_each_default_once_and_no_none():
+    import argparse
+
+    from worldvla_cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--steps", type=int, default=700, help="steps between evaluations")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--data-dir", required=True, help="demo folder")
+    help_text = " ".join(parser.format_help().split())
+    assert "steps between evaluations (default: 700)" in help_text
+    assert "torch threads (default: torch's choice) --data-dir" in help_text
+    assert "None" not in help_text
