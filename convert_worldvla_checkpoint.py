@@ -22,10 +22,10 @@ What it does:
     with `torch.load(weights_only=True)` and inert stand-ins for a short allow-list of Lightning bookkeeping
     types (anything else is refused); the release's LIBERO action bounds under the suite's key.
 
-    python convert_worldvla_checkpoint.py \
-        --model-dir WorldVLA/model_256/libero_spatial \
-        --tokenizer-dir WorldVLA/chameleon/tokenizer \
-        --base-model-dir WorldVLA/base_model \
+    python convert_worldvla_checkpoint.py \\
+        --model-dir WorldVLA/model_256/libero_spatial \\
+        --tokenizer-dir WorldVLA/chameleon/tokenizer \\
+        --base-model-dir WorldVLA/base_model \\
         --output-dir worldvla-libero-spatial-256 [--push-to-hub user/worldvla-libero-spatial-256]
 """
 

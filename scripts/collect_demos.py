@@ -1,6 +1,6 @@
 """Collects scripted-expert demonstrations as LIBERO-format HDF5 files (one per task).
 
-    python scripts/collect_demos.py --suite libero_spatial --output-dir data/libero_spatial_scripted \
+    python scripts/collect_demos.py --suite libero_spatial --output-dir data/libero_spatial_scripted \\
         --resolution 256 --extra-random 20
 
 The expert runs without cameras over the benchmark's initial states (`--trials`) and, with
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from libero_sim.demos import DemoRecorder, DemoWriter, check_replay_matches, file_attributes, make_camera_env, replay_with_cameras  # noqa: E402
 from libero_sim.env import (  # noqa: E402
+    CLASSIC_SUITES,
     MAX_POLICY_STEPS,
-    SUITES,
     THIRD_PERSON_CAMERA,
     WRIST_CAMERA,
     get_suite,
@@ -154,7 +154,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=HelpFormatter
     )
-    parser.add_argument("--suite", choices=SUITES, required=True)
+    # Not LIBERO-PRO's variants: they are evaluation sets, whose demos would train on the test.
+    parser.add_argument("--suite", choices=CLASSIC_SUITES, required=True)
     parser.add_argument("--tasks", default="all", help="comma-separated task ids, or 'all'")
     parser.add_argument("--trials", type=int, default=50, help="how many of the benchmark's initial states (0: none)")
     parser.add_argument("--extra-random", type=int, default=0, help="successful episodes from random resets wanted per task")

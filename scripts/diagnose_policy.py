@@ -1,6 +1,6 @@
 """Open-loop diagnosis of a trained WorldVLA policy on its own demonstrations: why does it fail in closed loop?
 
-    python scripts/diagnose_policy.py --model runs/spatial64/train/model --data-dir data/libero_spatial_64 \
+    python scripts/diagnose_policy.py --model runs/spatial64/train/model --data-dir data/libero_spatial_64 \\
         --val-split episodes --output runs/spatial64/diagnosis.json
 
 For evenly spread steps of training and held-out demos, the model decodes a chunk from the recorded frames

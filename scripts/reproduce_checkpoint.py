@@ -25,7 +25,7 @@ init stages are skipped. The shipped checkpoint is such a chain; its model card 
 `previous/` in the shipped folder keeps the earlier rounds' cards, curves and LIBERO results:
 
     python scripts/reproduce_checkpoint.py --work-dir runs/round1 --stages demos,vq,init,train
-    python scripts/reproduce_checkpoint.py --work-dir runs/round2 --continue-from runs/round1/train/model --seed 1 \
+    python scripts/reproduce_checkpoint.py --work-dir runs/round2 --continue-from runs/round1/train/model --seed 1 \\
         --data-dir data/libero_spatial_64_seed1 --train-steps 2100 --learning-rate 5e-4 --eval-steps 700
 """
 

@@ -1,5 +1,6 @@
 """eval_libero.py: results files and their settings, resume, a truncated JSONL line, errors counted as failures,
-trial ranges and merging, early failures for bad inputs, and a WorldVLA checkpoint in the loop."""
+trial ranges and merging, LIBERO-PRO robustness runs, early failures for bad inputs, and a WorldVLA checkpoint in the
+loop."""
 
 import json
 import os
@@ -123,6 +124,48 @@ def test_split_runs_merge_into_one_summary(first_run, tmp_path):
         eval_libero.main(["--merge", str(tmp_path), "--output-dir", str(tmp_path / "x")])
 
 
+def test_robustness_runs_the_suite_beside_its_libero_pro_variants(tmp_path):
+    robustness = eval_libero.main(["--policy", "scripted", "--suite", "libero_spatial", "--perturbations", "lan,task",
+                                   "--tasks", "0", "--trials", "1", "--output-dir", str(tmp_path)])
+    assert [row["suite"] for row in robustness["suites"]] == ["libero_spatial", "libero_spatial_lan", "libero_spatial_task"]
+    assert json.loads((tmp_path / "robustness.json").read_text()) == json.loads(json.dumps(robustness))
+    assert [row["episodes"] for row in robustness["suites"]] == [1, 1, 1]
+    instructions = {suite: lines(tmp_path / suite / "episodes.jsonl")[0]["instruction"] for suite in
+                    ("libero_spatial", "libero_spatial_lan", "libero_spatial_task")}
+    # The benchmark's instruction, LIBERO-PRO's paraphrase, and the other task's instruction.
+    assert instructions == {
+        "libero_spatial": "pick up the black bowl between the plate and the ramekin and place it on the plate",
+        "libero_spatial_lan": "lift the black bowl between the plate and ramekin and set it on the plate",
+        "libero_spatial_task": "Pick the akita black bowl not between the plate and the ramekin and place it on the plate",
+    }
+    settings = json.loads((tmp_path / "libero_spatial_lan" / "settings.json").read_text())
+    assert settings["suite"] == "libero_spatial_lan" and settings["max_policy_steps"] == 220
+    table = (tmp_path / "robustness.md").read_text()
+    assert "| libero_spatial_lan | paraphrased instruction |" in table
+    assert "| 0 | lift the black bowl between the plate and ramekin" in (tmp_path / "libero_spatial_lan" / "results.md").read_text()
+
+
+def test_robustness_rows_and_change_from_base():
+    def summary(suite, successes, episodes):
+        return {"settings": {"policy": "worldvla", "suite": suite}, "success_rate": successes / episodes,
+                "wilson_95": eval_libero.wilson_interval(successes, episodes), "successes": successes,
+                "episodes": episodes, "errors": 0}
+
+    robustness = eval_libero.robustness_summary(
+        "libero_object", {"libero_object": summary("libero_object", 5, 10), "libero_object_swap": summary("libero_object_swap", 1, 10)}
+    )
+    base, swap = robustness["suites"]
+    assert base["perturbation"] is None and base["change_from_base_points"] == 0
+    assert swap["perturbation"] == "swap" and swap["what_changes"] == "object positions"
+    assert swap["change_from_base_points"] == pytest.approx(-40.0)
+    assert robustness["settings"] == {"policy": "worldvla"}
+    table = eval_libero.robustness_table(robustness)
+    assert "| libero_object_swap | object positions | 10.0% | 2-40% | 1 / 10 | 0 | -40.0 |" in table
+    assert eval_libero.parse_perturbations("all") == ["swap", "object", "lan", "task"]
+    with pytest.raises(ValueError, match="'env' unknown"):
+        eval_libero.parse_perturbations("swap,env")
+
+
 def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--suite", "libero_spatial", "--output-dir", "x"])
@@ -139,6 +182,12 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--policy", "scripted", "--trials", "0-60", "--output-dir", "x"])
     assert "do not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_90", "--perturbations", "all", "--output-dir", "x"])
+    assert "--perturbations needs --suite one of libero_spatial" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_goal", "--perturbations", "env", "--output-dir", "x"])
+    assert "Bad --perturbations 'env'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,25 @@ def test_unknown_suite_and_bad_task_ids_are_named():
     assert libero_env.parse_task_ids("2,0", 10) == [2, 0]
 
 
+def test_libero_pro_variants_keep_their_base_protocol_and_give_the_rewritten_instruction(tmp_path):
+    assert libero_env.base_suite("libero_10_swap") == "libero_10" and libero_env.base_suite("libero_goal") == "libero_goal"
+    assert libero_env.max_policy_steps("libero_object_lan") == 280 and libero_env.max_policy_steps("libero_90") == 400
+    with pytest.raises(ValueError, match="Unknown suite 'libero_spatial_env'"):
+        libero_env.base_suite("libero_spatial_env")
+    language = libero_env.get_suite("libero_goal").get_task(1).language
+    assert libero_env.task_instruction("libero_goal", 1) == language
+    assert libero_env.task_instruction("libero_goal_swap", 1) == language  # positions change, the words do not
+    paraphrase = libero_env.task_instruction("libero_goal_lan", 1)
+    assert paraphrase != language
+    assert paraphrase == libero_env.bddl_language(libero_env.get_suite("libero_goal_lan").get_task_bddl_file_path(1))
+    problem = tmp_path / "task.bddl"
+    problem.write_text("(define (problem p)\n  (:domain robosuite)\n  (:language  Open the   drawer)\n)")
+    assert libero_env.bddl_language(problem) == "Open the drawer"
+    problem.write_text("(define (problem p))")
+    with pytest.raises(ValueError, match="no \\(:language"):
+        libero_env.bddl_language(problem)
+
+
 def test_protocol_constants():
     assert libero_env.NUM_WAIT_STEPS == 10
     assert libero_env.WAIT_ACTION.tolist() == [0, 0, 0, 0, 0, 0, -1]
