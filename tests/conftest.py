@@ -29,3 +29,19 @@ def small_worldvla():
 def frames():
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+
+
+def load_bench(name):
+    """A benchmark script of bench/ as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bench_module():
+    """`bench_module("decode")`: bench/decode.py loaded as a module."""
+    return load_bench

@@ -1,7 +1,5 @@
 """The release-procedure baseline of bench/decode.py decodes the same tokens as the project's decoders."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,19 +7,9 @@ import torch
 
 from scripts.build_small_checkpoint import build_small_worldvla
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_bench_decode():
-    spec = importlib.util.spec_from_file_location("bench_decode", ROOT / "bench" / "decode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("chunk, frames", [(5, 2), (10, 1)])
-def test_release_procedure_equals_parallel_decoding(chunk, frames):
-    bench = load_bench_decode()
+def test_release_procedure_equals_parallel_decoding(bench_module, chunk, frames):
+    bench = bench_module("decode")
     model, processor = build_small_worldvla(seed=chunk, action_chunk_size=chunk)
     rng = np.random.default_rng(chunk)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(frames)]
@@ -36,8 +24,8 @@ def test_release_procedure_equals_parallel_decoding(chunk, frames):
     assert bool(layout.is_action_bin(release).all())
 
 
-def test_release_procedure_takes_one_prompt(small_worldvla):
-    bench = load_bench_decode()
+def test_release_procedure_takes_one_prompt(bench_module, small_worldvla):
+    bench = bench_module("decode")
     model, _ = small_worldvla
     with pytest.raises(ValueError, match="one prompt"):
         bench.release_procedure_tokens(model, torch.zeros((2, 8), dtype=torch.long))

@@ -1,21 +1,10 @@
 """bench/episode.py's clock: the parts of an episode add up without counting a nested call twice."""
 
-import importlib.util
 import types
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_bench_episode():
-    spec = importlib.util.spec_from_file_location("bench_episode", ROOT / "bench" / "episode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_nested_calls_count_for_the_outer_part_only():
-    bench = load_bench_episode()
+def test_nested_calls_count_for_the_outer_part_only(bench_module):
+    bench = bench_module("episode")
     calls = []
     owner = types.SimpleNamespace()
     owner.physics = lambda: calls.append("physics")
@@ -39,8 +28,8 @@ def test_nested_calls_count_for_the_outer_part_only():
     assert owner.physics is original_physics and owner.reset is reset
 
 
-def test_a_raising_call_is_timed_and_leaves_the_clock_usable():
-    bench = load_bench_episode()
+def test_a_raising_call_is_timed_and_leaves_the_clock_usable(bench_module):
+    bench = bench_module("episode")
     owner = types.SimpleNamespace(render=lambda: 1 / 0, physics=lambda: "stepped")
     clock = bench.EpisodeClock()
     clock.wrap(owner, "render", "render")
