@@ -1,6 +1,5 @@
 """The release-procedure baseline of bench/decode.py decodes the same tokens as the project's decoders."""
 
-
 import numpy as np
 import pytest
 import torch
