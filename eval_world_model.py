@@ -294,7 +294,8 @@ def inspect_trajectory(trajectory):
         if not np.isfinite(actions).all():
             raise EvaluationError(f"{where}: actions contain NaN or inf")
         trajectory.raw_length = len(actions)
-        trajectory.length = int(worldvla_data.keep_mask_without_noops(actions).sum())
+        expert_actions = group[worldvla_data.EXPERT_ACTIONS][()] if worldvla_data.EXPERT_ACTIONS in group else actions
+        trajectory.length = int(worldvla_data.kept_steps(actions, np.asarray(expert_actions, dtype=np.float64)).sum())
         try:
             trajectory.instruction = worldvla_data.read_instruction(file, trajectory.path)
             upright(file, trajectory.path, np.zeros((0, 1, 1, 3), np.uint8))  # checks the file's image convention
@@ -505,8 +506,8 @@ def load_episode_frames(trajectory, image_size, num_frames):
     import worldvla_data
 
     with worldvla_data.open_libero_file(trajectory.path) as file:
-        actions, frames = worldvla_data.read_demo(file["data"][trajectory.demo], trajectory.path, trajectory.demo)
-        keep = worldvla_data.keep_mask_without_noops(actions)
+        actions, expert_actions, frames = worldvla_data.read_demo(file["data"][trajectory.demo], trajectory.path, trajectory.demo)
+        keep = worldvla_data.kept_steps(actions, expert_actions)
         frames = upright(file, trajectory.path, frames[keep][:num_frames])
     if frames.shape[1:3] != (image_size, image_size) and trajectory.path not in _warned_resize:
         _warned_resize.add(trajectory.path)

@@ -2,16 +2,19 @@
 
     folder of <task>_demo.hdf5 files (one task each, official LIBERO layout)
       │ read_libero_file: one episode per data/demo_N, validated (errors name the file and demo);
-      │ no-op actions dropped with their frames; agentview frames turned upright by the file's
+      │ no-op actions dropped with their frames; perturbed demos' labels (expert_actions) read beside the
+      │ executed actions; agentview frames turned upright by the file's
       │ macros_image_convention (opengl: rotated 180 degrees); resized, with a warning, if stored at another size
       ▼
-    tokenised_episodes: one `datasets` row per episode {task, instruction, demo, codes (T, h, w), actions (T, 7)},
+    tokenised_episodes: one `datasets` row per episode {task, instruction, demo, codes (T, h, w), actions (T, 7),
+      expert_actions (T, 7)},
       cached on disk per file under a fingerprint of (file path, size, mtime, VQ weights, image size, rules)
       │ split_episodes: the release's rule (last ceil-10% of tasks out of distribution, last 10% of each
       │ remaining task's episodes in distribution)
       ▼
     WorldVLASamples: action-model samples (M history frames -> K actions) and world-model samples
-      (frame t, action t -> frame t+1) of the same episodes, concatenated (about 1:1) and built on the fly
+      (frame t, action t -> frame t+1) of the same episodes; an action sample's targets are the expert's
+      labels, a world-model sample's action is the one executed (they differ in perturbed demos only), concatenated (about 1:1) and built on the fly
       with the processor, so the normalisation statistics can change without re-tokenising anything.
 
 The release's rules followed here (worldvla/data/action_model_conv_generation.py and
@@ -44,10 +47,12 @@ from processing_worldvla import IMAGE_CONVENTIONS, history_indices, upright_fram
 logger = logging.getLogger(__name__)
 
 # Bump when the episode rows change meaning, so old caches are not reused.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 NOOP_THRESHOLD = 1e-4
 THIRD_PERSON_FRAMES = "obs/agentview_rgb"
 REQUIRED_DEMO_KEYS = ("actions", THIRD_PERSON_FRAMES)
+# Perturbed demos (scripts/collect_demos.py --perturb): the expert's own actions, which `actions` executed perturbed.
+EXPERT_ACTIONS = "expert_actions"
 SPLIT_FRACTION = 0.9
 ENCODE_BATCH_SIZE = 32
 SAMPLE_KINDS = ("action", "world_model")
@@ -100,6 +105,12 @@ def keep_mask_without_noops(actions, threshold=NOOP_THRESHOLD):
     return keep
 
 
+def kept_steps(actions, expert_actions):
+    """Bool (T,) of the steps a demo keeps: a step is dropped when neither what was executed nor what the expert
+    chose did anything (the two differ in perturbed demos only)."""
+    return keep_mask_without_noops(actions) | keep_mask_without_noops(expert_actions)
+
+
 def resize_frames(frames, image_size):
     """(T, H, W, 3) uint8 -> (T, image_size, image_size, 3), PIL bicubic; untouched when already that size."""
     if frames.shape[1:3] == (image_size, image_size):
@@ -133,34 +144,44 @@ def open_libero_file(path):
         raise LiberoDataError(f"{path}: not a readable HDF5 file, truncated or damaged ({error})") from None
 
 
+def check_actions(actions, where, name="actions"):
+    if len(actions) == 0:
+        raise LiberoDataError(f"{where}: empty episode (0 {name})")
+    if actions.ndim != 2 or actions.shape[1] != 7:
+        raise LiberoDataError(f"{where}: {name} must have shape (T, 7), got {actions.shape}")
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        step, dim = np.argwhere(bad)[0]
+        raise LiberoDataError(f"{where}: {name} contain NaN or inf ({int(bad.sum())} values, first at step {step}, dim {dim})")
+
+
 def read_demo(group, path, demo):
-    """(actions (T, 7) float64, frames (T, H, W, 3) uint8 as stored) of one demo, validated."""
+    """(actions (T, 7) float64 as executed, expert_actions (T, 7) float64: the labels, the same array unless the
+    demo is perturbed, frames (T, H, W, 3) uint8 as stored) of one demo, validated."""
     where = f"{path}, data/{demo}"
     missing = [key for key in REQUIRED_DEMO_KEYS if key not in group]
     if missing:
         raise LiberoDataError(f"{where}: missing {missing} (a LIBERO demo needs {list(REQUIRED_DEMO_KEYS)})")
     try:
         actions = np.asarray(group["actions"][()], dtype=np.float64)
+        expert_actions = np.asarray(group[EXPERT_ACTIONS][()], dtype=np.float64) if EXPERT_ACTIONS in group else actions
         frames = group[THIRD_PERSON_FRAMES][()]
     except OSError as error:  # a damaged chunk: h5py's message names no file
         raise LiberoDataError(f"{where}: unreadable data, the file is damaged ({error})") from None
-    if len(actions) == 0:
-        raise LiberoDataError(f"{where}: empty episode (0 actions)")
-    if actions.ndim != 2 or actions.shape[1] != 7:
-        raise LiberoDataError(f"{where}: actions must have shape (T, 7), got {actions.shape}")
+    check_actions(actions, where)
+    check_actions(expert_actions, where, EXPERT_ACTIONS)
+    if expert_actions.shape != actions.shape:
+        raise LiberoDataError(f"{where}: {len(actions)} actions but {len(expert_actions)} {EXPERT_ACTIONS}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise LiberoDataError(f"{where}: {THIRD_PERSON_FRAMES} must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if len(frames) != len(actions):
         raise LiberoDataError(f"{where}: {len(actions)} actions but {len(frames)} {THIRD_PERSON_FRAMES} frames")
-    bad = ~np.isfinite(actions)
-    if bad.any():
-        step, dim = np.argwhere(bad)[0]
-        raise LiberoDataError(f"{where}: actions contain NaN or inf ({int(bad.sum())} values, first at step {step}, dim {dim})")
-    return actions, frames
+    return actions, expert_actions, frames
 
 
 def read_libero_file(path, image_size):
-    """Yield one cleaned episode per data/demo_N (numeric order): dict of instruction, demo, frames, actions."""
+    """Yield one cleaned episode per data/demo_N (numeric order): dict of instruction, demo, frames, actions,
+    expert_actions."""
     path = Path(path)
     with open_libero_file(path) as file:
         if "data" not in file:
@@ -172,7 +193,7 @@ def read_libero_file(path, image_size):
             raise LiberoDataError(f"{path}: no data/demo_N groups")
         warned = False
         for demo in demos:
-            actions, frames = read_demo(file["data"][demo], path, demo)
+            actions, expert_actions, frames = read_demo(file["data"][demo], path, demo)
             if frames.shape[1:3] != (image_size, image_size) and not warned:
                 logger.warning(
                     "%s: frames are stored at %dx%d, the model takes %dx%d: resizing (bicubic); frames rendered at "
@@ -180,12 +201,13 @@ def read_libero_file(path, image_size):
                     path, frames.shape[1], frames.shape[2], image_size, image_size,
                 )
                 warned = True
-            keep = keep_mask_without_noops(actions)
+            keep = kept_steps(actions, expert_actions)
             yield {
                 "instruction": instruction,
                 "demo": demo,
                 "raw_length": len(actions),
                 "actions": actions[keep],
+                "expert_actions": expert_actions[keep],
                 "frames": resize_frames(upright_frames(frames[keep], convention), image_size),
             }
 
@@ -239,6 +261,7 @@ def tokenised_episodes(data_dir, processor, cache_dir=None):
             "demo": datasets.Value("string"),
             "raw_length": datasets.Value("int32"),
             "actions": datasets.Array2D(shape=(None, 7), dtype="float64"),
+            "expert_actions": datasets.Array2D(shape=(None, 7), dtype="float64"),
             "task": datasets.Value("string"),
             "codes": datasets.Array3D(shape=(None, grid, grid), dtype="int16"),
         }
@@ -304,12 +327,14 @@ def find_action_outliers(episodes, low, high):
     margin = high - low
     messages = []
     for episode in episodes:
-        far = (episode.actions < low - margin) | (episode.actions > high + margin)
-        for step, dim in np.argwhere(far):
-            messages.append(
-                f"{episode.task}_demo.hdf5, data/{episode.demo}, step {step}, dimension {dim}: "
-                f"{episode.actions[step, dim]:.6g} outside [{low[dim]:.4g}, {high[dim]:.4g}] by more than its width"
-            )
+        for name in ("actions", EXPERT_ACTIONS) if episode.expert_actions is not episode.actions else ("actions",):
+            values = getattr(episode, name)
+            far = (values < low - margin) | (values > high + margin)
+            for step, dim in np.argwhere(far):
+                messages.append(
+                    f"{episode.task}_demo.hdf5, data/{episode.demo}, {name}, step {step}, dimension {dim}: "
+                    f"{values[step, dim]:.6g} outside [{low[dim]:.4g}, {high[dim]:.4g}] by more than its width"
+                )
     return messages
 
 
@@ -339,18 +364,24 @@ class Episode:
     demo: str
     instruction: str
     codes: np.ndarray  # (T, h, w) int16
-    actions: np.ndarray  # (T, 7) float64
+    actions: np.ndarray  # (T, 7) float64, as executed
+    expert_actions: np.ndarray = None  # (T, 7) float64, the labels; `actions` itself unless the demo is perturbed
+
+    def __post_init__(self):
+        if self.expert_actions is None:
+            self.expert_actions = self.actions
 
 
 def load_episodes(episode_rows):
     """The cached rows as in-memory `Episode`s (a LIBERO suite at 256 px is about 40 MB of codes)."""
     # The numpy formatter casts floats to float32 unless told otherwise: actions are read as stored.
     actions = episode_rows.with_format("numpy", columns=["actions"], dtype=np.float64)["actions"]
+    labels = episode_rows.with_format("numpy", columns=[EXPERT_ACTIONS], dtype=np.float64)[EXPERT_ACTIONS]
     codes = episode_rows.with_format("numpy", columns=["codes"])["codes"]
     return [
-        Episode(row["task"], row["demo"], row["instruction"], episode_codes, episode_actions)
-        for row, episode_codes, episode_actions in zip(
-            episode_rows.select_columns(["task", "demo", "instruction"]), codes, actions
+        Episode(row["task"], row["demo"], row["instruction"], episode_codes, episode_actions, episode_labels)
+        for row, episode_codes, episode_actions, episode_labels in zip(
+            episode_rows.select_columns(["task", "demo", "instruction"]), codes, actions, labels
         )
     ]
 
@@ -395,7 +426,7 @@ class WorldVLASamples(torch.utils.data.Dataset):
         episode = self.episodes[episode_index]
         if kind == "action":
             history = episode.codes[list(history_indices(t, self.history_frames))]
-            actions = episode.actions[t : t + self.chunk_size]
+            actions = episode.expert_actions[t : t + self.chunk_size]
             return self.processor.build_action_sample(episode.instruction, list(history), actions, self.unnorm_key)
         return self.processor.build_world_model_sample(
             [episode.codes[t]], episode.actions[t : t + 1], episode.codes[t + 1], self.unnorm_key

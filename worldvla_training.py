@@ -182,7 +182,7 @@ def build_datasets(data_args, processor, config, training_args):
 
 def action_statistics(train_episodes, data_args, processor):
     """Statistics of the training actions, with "min"/"max" set to the bounds the 256 bins will cover."""
-    train_actions = np.concatenate([episode.actions for episode in train_episodes])
+    train_actions = np.concatenate([episode.expert_actions for episode in train_episodes])
     statistics = worldvla_data.compute_action_statistics(train_actions)
     statistics["data_min"], statistics["data_max"] = statistics["min"], statistics["max"]
     bounds = data_args.action_stats

@@ -7,7 +7,9 @@ The layout is that of the official LIBERO datasets (`<task_name>_demo.hdf5`):
                                          num_demos, total
     data/demo_N/                  attrs: num_samples, init_state, trial; here also reset_seed (the numpy seed of
                                          the reset that placed the fixtures) and random_reset (its index)
-        actions        (T, 7)     OSC_POSE deltas and gripper command
+        actions        (T, 7)     OSC_POSE deltas and gripper command, as executed
+        expert_actions (T, 7)     only in perturbed demos (`collect_demos.py --perturb`, attribute
+                                  perturbation_rate): the expert's own action at each step, the label
         states         (T, S)     flattened MuJoCo state before each action
         rewards, dones (T,)
         obs/agentview_rgb, obs/eye_in_hand_rgb   (T, H, W, 3) uint8, raw renders (upside-down);
@@ -193,10 +195,11 @@ class DemoWriter:
         """Initial-state indices already collected (random resets are stored as trial -1)."""
         return [-1 if trial is None else int(trial) for trial in self.collected_attributes("trial")]
 
-    def append(self, arrays, initial_state, trial, random_reset=None, reset_seed=None):
+    def append(self, arrays, initial_state, trial, random_reset=None, reset_seed=None, **attributes):
         """Stores one demo as a part file; it joins the dataset at `finalize()`. `random_reset` is the
         index of the random reset it started from (None for one of the benchmark's initial states);
-        `reset_seed` the seed of the scene's reset, which a replay needs to rebuild the same fixtures."""
+        `reset_seed` the seed of the scene's reset, which a replay needs to rebuild the same fixtures;
+        `attributes` are stored on the demo too (`perturbation_rate`)."""
         number = len(self.part_files())
         final = os.path.join(self.parts_dir, f"part_{number:06d}.hdf5")
         temporary = final + ".tmp"
@@ -212,6 +215,8 @@ class DemoWriter:
                 group.attrs["random_reset"] = int(random_reset)
             if reset_seed is not None:
                 group.attrs["reset_seed"] = int(reset_seed)
+            for key, value in attributes.items():
+                group.attrs[key] = value
         os.replace(temporary, final)
 
     def finalize(self):

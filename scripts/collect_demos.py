@@ -10,6 +10,11 @@ scene's fixtures, which the MuJoCo state does not hold) to render `agentview_rgb
 unless `--cameras agentview`) at `--resolution`, checking that the replay reproduces the recorded states.
 Only successful episodes are kept.
 
+With `--perturb RATE` the expert's actions are perturbed when executed (DART: pushes of the hand and premature
+closes of the gripper, starting with probability RATE per step; `libero_sim/perturbation.py`), so that the demos
+show the way back to the expert's path; each demo keeps the executed `actions` and the expert's own
+`expert_actions`, the labels a policy learns (`worldvla_data` reads them). A folder holds one rate only.
+
 Random reset i of task t is placed by a generator seeded with (seed, t, i), and each kept demo records
 its i (`random_reset`), so a rerun resumes after the last kept reset and the collection is the same
 whether it ran at once or in pieces. Files are named like the official ones (`<task_name>_demo.hdf5`);
@@ -36,9 +41,12 @@ from libero_sim.env import (  # noqa: E402
     get_suite,
     make_env,
     parse_task_ids,
+    NUM_WAIT_STEPS,
+    WAIT_ACTION,
     run_episode,
 )
 from libero_sim.expert import ScriptedExpert  # noqa: E402
+from libero_sim.perturbation import PerturbedExpert  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 logger = logging.getLogger("collect_demos")
@@ -77,6 +85,12 @@ def collect_task(suite, task_id, args):
         file_attributes(task, bddl_file, args.resolution, camera_names),
         compression=args.compression,
     )
+    rates = {0.0 if rate is None else float(rate) for rate in writer.collected_attributes("perturbation_rate")}
+    if rates - {args.perturb}:
+        raise SystemExit(
+            f"{writer.path} holds demos collected with --perturb {sorted(rates)}, not {args.perturb}: "
+            "collect into another --output-dir"
+        )
     collected = writer.collected_trials()
     random_resets = [int(index) for index in writer.collected_attributes("random_reset") if index is not None]
     initial_states = suite.get_task_init_states(task_id)
@@ -89,6 +103,9 @@ def collect_task(suite, task_id, args):
     camera_env = make_camera_env(bddl_file, args.resolution, camera_names)
     expert = ScriptedExpert(fast_env)
     recorder = None  # set when this task's rollouts must be recorded in the camera env itself
+
+    def perturbed(policy, seed):
+        return PerturbedExpert(policy, args.perturb, np.random.default_rng(seed)) if args.perturb else policy
     kept = attempted = 0
 
     def collect(trial, initial_state, random_reset=None):
@@ -98,14 +115,16 @@ def collect_task(suite, task_id, args):
         seed = reset_seed(args.seed, task_id, index)
         max_steps = MAX_POLICY_STEPS[suite.name]
         if recorder is not None:
-            episode = run_episode(recorder, recorder.expert, initial_state, task.language, max_steps, seed=seed)
+            policy = perturbed(recorder.expert, seed)
+            episode = run_episode(recorder, policy, initial_state, task.language, max_steps, seed=seed)
             if not episode.success:
                 logger.info("Task %d trial %d (random reset %s): expert failed, not kept", task_id, trial, random_reset)
                 return False
             arrays = recorder.arrays()
         else:
             # The same seed for the rollout and the rendering: the same fixtures in both scenes.
-            episode = run_episode(fast_env, expert, initial_state, task.language, max_steps, record=True, seed=seed)
+            policy = perturbed(expert, seed)
+            episode = run_episode(fast_env, policy, initial_state, task.language, max_steps, record=True, seed=seed)
             if not episode.success:
                 logger.info("Task %d trial %d (random reset %s): expert failed, not kept", task_id, trial, random_reset)
                 return False
@@ -123,7 +142,11 @@ def collect_task(suite, task_id, args):
                 recorder.expert = ScriptedExpert(camera_env)
                 attempted -= 1
                 return collect(trial, initial_state, random_reset)
-        writer.append(arrays, initial_state, trial, random_reset, seed)
+        extra_attributes = {}
+        if args.perturb:
+            arrays["expert_actions"] = np.concatenate([np.tile(WAIT_ACTION, (NUM_WAIT_STEPS, 1)), policy.labels])
+            extra_attributes["perturbation_rate"] = args.perturb
+        writer.append(arrays, initial_state, trial, random_reset, seed, **extra_attributes)
         kept += 1
         return True
 
@@ -164,6 +187,10 @@ def parse_args(argv=None):
     parser.add_argument("--cameras", choices=tuple(CAMERAS), default="agentview,eye_in_hand", help="cameras rendered into the demos (WorldVLA uses agentview only)")
     parser.add_argument("--compression", choices=("gzip", "lzf"), default="gzip")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random resets")
+    parser.add_argument(
+        "--perturb", type=float, default=0.0, metavar="RATE",
+        help="probability per step of starting a perturbation of the executed actions (DART; 0: none)",
+    )
     return parser.parse_args(argv)
 
 

@@ -61,7 +61,7 @@ def decode_chunks(model, processor, steps, one_frame, action_mask, batch_size):
 
 
 def compare(processor, steps, tokens, chunk_size):
-    truth = np.stack([episode.actions[t : t + chunk_size] for episode, t in steps])  # (N, K, D)
+    truth = np.stack([episode.expert_actions[t : t + chunk_size] for episode, t in steps])  # (N, K, D)
     true_bins = processor.action_tokenizer.encode(truth)
     predicted = processor.decode_actions(tokens)
     l1 = np.abs(predicted - truth)

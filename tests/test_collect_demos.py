@@ -150,3 +150,45 @@ def test_a_rollout_recorded_live_equals_its_replay():
     assert set(live) == set(replayed)
     for key in live:
         np.testing.assert_array_equal(live[key], replayed[key], err_msg=key)
+
+
+def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_actions(tmp_path):
+    """--perturb executes perturbed actions and stores the expert's own beside them: the labels are what a fresh
+    expert answers along the recorded states, the executed actions replay to the recorded success, and a folder
+    refuses demos of another rate."""
+    from libero_sim.expert import ScriptedExpert
+
+    common = ["--suite", "libero_spatial", "--tasks", "0", "--trials", "0", "--extra-random", "1", "--resolution", "64",
+              "--cameras", "agentview", "--output-dir", str(tmp_path)]
+    collect_demos.main([*common, "--perturb", "0.2"])
+    path = tmp_path / f"{TASK_NAME}_demo.hdf5"
+    _, demos = read_demos(path)
+    demo = demos["demo_0"]
+    with h5py.File(path, "r") as file:
+        seed = int(file["data/demo_0"].attrs["reset_seed"])
+        assert file["data/demo_0"].attrs["perturbation_rate"] == 0.2
+    executed, labels = demo["actions"], demo["expert_actions"]
+    assert executed.shape == labels.shape
+    perturbed = np.abs(executed - labels).max(axis=1) > 0
+    assert not perturbed[: libero_env.NUM_WAIT_STEPS].any() and 5 < perturbed.sum() < len(executed) - libero_env.NUM_WAIT_STEPS
+    np.testing.assert_array_equal(labels[: libero_env.NUM_WAIT_STEPS], np.tile(libero_env.WAIT_ACTION, (libero_env.NUM_WAIT_STEPS, 1)))
+
+    suite = libero_env.get_suite("libero_spatial")
+    env = libero_env.make_env(suite.get_task_bddl_file_path(0), camera_names=())
+    try:
+        expert = ScriptedExpert(env)
+        obs = libero_env.reset_to_initial_state(env, demo["init_state"], seed)
+        done = False
+        for step, (state, action) in enumerate(zip(demo["states"], executed)):
+            np.testing.assert_allclose(env.get_sim_state(), state, atol=1e-6)
+            if step == libero_env.NUM_WAIT_STEPS:
+                expert.reset()
+            if step >= libero_env.NUM_WAIT_STEPS:
+                np.testing.assert_array_equal(expert.select_action(obs), labels[step])
+            obs, _, done, _ = env.step(action)
+        assert done
+    finally:
+        env.close()
+
+    with pytest.raises(SystemExit, match="--perturb"):
+        collect_demos.main([*common, "--perturb", "0.1"])

@@ -101,6 +101,49 @@ def test_noop_steps_are_dropped_with_their_frames(tmp_path):
     assert episode["instruction"] == "open the drawer" and episode["demo"] == "demo_0" and episode["raw_length"] == 10
 
 
+
+def add_expert_actions(path, demo, labels):
+    with h5py.File(path, "r+") as file:
+        file[f"data/{demo}"].create_dataset("expert_actions", data=labels)
+
+
+def test_perturbed_demos_label_action_samples_with_the_expert_and_world_samples_with_what_ran(tmp_path, small_worldvla):
+    """In a perturbed demo (collect_demos.py --perturb) an action sample's targets are the expert's labels and a
+    world-model sample's action is the executed one; a step is dropped only when both are no-ops."""
+    model, processor = small_worldvla
+    path = write_libero_hdf5(tmp_path / "t_demo.hdf5", "open the drawer", num_demos=1, num_steps=12, noop_steps=(0, 4))
+    executed = synthetic_actions(12, 0, (0, 4))
+    labels = executed.copy()
+    labels[:, :3] = -0.25 * executed[:, :3]
+    labels[4, :3] = 0.3  # both are no-ops at step 0: dropped; step 4 moves in the labels only: kept
+    add_expert_actions(path, "demo_0", labels)
+    episode = next(worldvla_data.read_libero_file(path, image_size=64))
+    keep = np.arange(1, 12)
+    assert np.array_equal(episode["actions"], executed[keep]) and np.array_equal(episode["expert_actions"], labels[keep])
+
+    rows = worldvla_data.tokenised_episodes(tmp_path, processor, cache_dir=tmp_path / "cache")
+    (loaded,) = worldvla_data.load_episodes(rows)
+    assert np.array_equal(loaded.actions, executed[keep]) and np.array_equal(loaded.expert_actions, labels[keep])
+    samples = worldvla_data.WorldVLASamples([loaded], processor, "libero", history_frames=2, chunk_size=5)
+    answer = [token for token in samples[2]["labels"] if token != IGNORE_INDEX][:-1]
+    assert answer == sum((processor.action_to_token_ids(a, "libero") for a in labels[keep][2:7]), [])
+    world = samples[samples.count("action") + 2]
+    image_tokens = model.config.image_sequence_length
+    prompt = world["input_ids"][: -(image_tokens + 1)]
+    assert prompt[-1 - 9 : -1] == processor.action_to_token_ids(executed[keep][2], "libero")
+
+    labels[3, 1] = np.nan
+    with h5py.File(path, "r+") as file:
+        file["data/demo_0/expert_actions"][...] = labels
+    with pytest.raises(worldvla_data.LiberoDataError, match=r"data/demo_0: expert_actions contain NaN .* step 3, dim 1"):
+        next(worldvla_data.read_libero_file(path, image_size=64))
+    with h5py.File(path, "r+") as file:
+        del file["data/demo_0/expert_actions"]
+    add_expert_actions(path, "demo_0", executed[:-1])
+    with pytest.raises(worldvla_data.LiberoDataError, match="12 actions but 11 expert_actions"):
+        next(worldvla_data.read_libero_file(path, image_size=64))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad data
 # ---------------------------------------------------------------------------------------------------------------------
