@@ -313,7 +313,7 @@ def test_quantile_bounds_survive_a_corrupted_value_and_name_it(caplog):
     with caplog.at_level(logging.WARNING, logger="train"):
         quantile = worldvla_training.action_statistics(episodes, train.DataArguments(action_stats="quantile"), processor)
     minmax = worldvla_training.action_statistics(episodes, train.DataArguments(action_stats="minmax"), processor)
-    assert "task_a_demo.hdf5, data/demo_3, step 17, dimension 2: 1e+06" in caplog.text
+    assert "task_a_demo.hdf5, data/demo_3, actions, step 17, dimension 2: 1e+06" in caplog.text
     assert sum("action outlier" in record.message for record in caplog.records) == 1
     # min/max spreads the 256 bins over [-1, 1e6]: every real dz value falls in one bin; q01/q99 keeps them apart.
     processor.add_action_statistics("minmax", minmax)
