@@ -13,9 +13,10 @@
       │ remaining task's episodes in distribution)
       ▼
     WorldVLASamples: action-model samples (M history frames -> K actions) and world-model samples
-      (frame t, action t -> frame t+1) of the same episodes; an action sample's targets are the expert's
-      labels, a world-model sample's action is the one executed (they differ in perturbed demos only), concatenated (about 1:1) and built on the fly
-      with the processor, so the normalisation statistics can change without re-tokenising anything.
+      (frame t, action t -> frame t+1) of the same episodes, concatenated (about 1:1) and built on the fly
+      with the processor, so the normalisation statistics can change without re-tokenising anything; an action
+      sample's targets are the expert's labels, a world-model sample's action the executed one (they differ in
+      perturbed demos only).
 
 The release's rules followed here (worldvla/data/action_model_conv_generation.py and
 world_model_conv_generation.py of alibaba-damo-academy/WorldVLA):

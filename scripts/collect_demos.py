@@ -36,13 +36,13 @@ from libero_sim.demos import DemoRecorder, DemoWriter, check_replay_matches, fil
 from libero_sim.env import (  # noqa: E402
     CLASSIC_SUITES,
     MAX_POLICY_STEPS,
+    NUM_WAIT_STEPS,
     THIRD_PERSON_CAMERA,
+    WAIT_ACTION,
     WRIST_CAMERA,
     get_suite,
     make_env,
     parse_task_ids,
-    NUM_WAIT_STEPS,
-    WAIT_ACTION,
     run_episode,
 )
 from libero_sim.expert import ScriptedExpert  # noqa: E402
@@ -106,6 +106,7 @@ def collect_task(suite, task_id, args):
 
     def perturbed(policy, seed):
         return PerturbedExpert(policy, args.perturb, np.random.default_rng(seed)) if args.perturb else policy
+
     kept = attempted = 0
 
     def collect(trial, initial_state, random_reset=None):
