@@ -190,7 +190,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random resets")
     parser.add_argument(
         "--perturb", type=float, default=0.0, metavar="RATE",
-        help="probability per step of starting a perturbation of the executed actions (DART; 0: none)",
+        help="probability per step of starting a perturbation of the executed actions (DART; default 0: none)",
     )
     return parser.parse_args(argv)
 
