@@ -174,6 +174,13 @@ def collect_task(suite, task_id, args):
     return kept, attempted
 
 
+def perturbation_rate(text):
+    rate = float(text)
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability per step in [0, 1], got {text}")
+    return rate
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=HelpFormatter
@@ -189,7 +196,7 @@ def parse_args(argv=None):
     parser.add_argument("--compression", choices=("gzip", "lzf"), default="gzip")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random resets")
     parser.add_argument(
-        "--perturb", type=float, default=0.0, metavar="RATE",
+        "--perturb", type=perturbation_rate, default=0.0, metavar="RATE",
         help="probability per step of starting a perturbation of the executed actions (DART; default 0: none)",
     )
     return parser.parse_args(argv)
