@@ -61,6 +61,8 @@ def parse_args(argv=None):
     data.add_argument("--demos-per-task", type=int, default=20, help="random-reset demos per task")
     data.add_argument("--resolution", type=int, default=64, help="rendered frame side: the tokenizer's and the model's")
     data.add_argument("--seed", type=int, default=0, help="seed of the random resets")
+    data.add_argument("--perturb", type=float, default=0.0,
+                      help="collect_demos.py --perturb: demos with recoveries from perturbations at this rate per step")
     vq = parser.add_argument_group("image tokenizer")
     vq.add_argument("--vq-steps", type=int, default=1000)
     vq.add_argument("--vq-batch-size", type=int, default=16)
@@ -92,7 +94,7 @@ def stage_commands(args):
     demos = [
         [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
          "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", "agentview",
-         "--seed", str(args.seed), "--output-dir", str(data_dir)]
+         "--seed", str(args.seed), "--perturb", str(args.perturb), "--output-dir", str(data_dir)]
         for group in task_groups
     ]
     if args.continue_from:  # the earlier model brings its tokenizer, bins and weights

@@ -15,13 +15,16 @@ def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model(
     train = first["train"][0]
     assert train[train.index("--from-scratch-config") + 1] == "runs/round1/init/config.json" and "--model" not in train
 
-    argv = ["--work-dir", "runs/round2", "--continue-from", "runs/round1/train/model", "--seed", "1", "--data-dir", "data/seed1"]
+    argv = ["--work-dir", "runs/round2", "--continue-from", "runs/round1/train/model", "--seed", "1", "--data-dir", "data/seed1",
+            "--perturb", "0.05"]
     second = reproduce.stage_commands(reproduce.parse_args(argv))
     assert second["vq"] == [] and second["init"] == []
     train = second["train"][0]
     assert train[train.index("--model") + 1] == "runs/round1/train/model" and "--from-scratch-config" not in train
     assert train[train.index("--data-dir") + 1] == "data/seed1" and train[train.index("--seed") + 1] == "1"
     assert all(command[command.index("--seed") + 1] == "1" for command in second["demos"])
+    assert all(command[command.index("--perturb") + 1] == "0.05" for command in second["demos"])
+    assert all(command[command.index("--perturb") + 1] == "0.0" for command in first["demos"])
 
 
 def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatch):
