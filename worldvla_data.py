@@ -198,7 +198,8 @@ def read_libero_file(path, image_size):
             if frames.shape[1:3] != (image_size, image_size) and not warned:
                 logger.warning(
                     "%s: frames are stored at %dx%d, the model takes %dx%d: resizing (bicubic); frames rendered at "
-                    "the model's size match the evaluation better (scripts/collect_demos.py --resolution)",
+                    "the model's size match the evaluation better (scripts/regenerate_demos.py --resolution re-renders a "
+                    "file's demos natively)",
                     path, frames.shape[1], frames.shape[2], image_size, image_size,
                 )
                 warned = True

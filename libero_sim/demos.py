@@ -81,6 +81,11 @@ class DemoRecorder:
         columns["dones"].append(done)
         return self.observation, reward, done, info
 
+    def step_unrecorded(self, action, steps):
+        """Executes `action` `steps` times without recording them (the settling steps before a replay)."""
+        for _ in range(steps):
+            self.observation = self.env.step(action)[0]
+
     def arrays(self):
         """The per-step arrays of the demo recorded since the last `set_init_state`."""
         columns = self.columns
