@@ -45,7 +45,7 @@ from libero_sim.env import (  # noqa: E402
     reset_to_initial_state,
 )
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
-from worldvla_data import EXPERT_ACTIONS, kept_steps  # noqa: E402
+from worldvla_data import EXPERT_ACTIONS, demo_number, kept_steps  # noqa: E402
 
 logger = logging.getLogger("regenerate_demos")
 
@@ -86,6 +86,20 @@ def replay_without_noops(recorder, first_state, actions, expert_actions, reset_s
     return None
 
 
+def refuse_other_rendering(output_file, resolution, cameras):
+    """A file already regenerated with other cameras or another resolution is not appended to."""
+    if not output_file.exists():
+        return
+    with h5py.File(output_file, "r") as file:
+        existing = json.loads(file["data"].attrs["env_args"])["env_kwargs"]
+    existing = (existing["camera_names"], existing["camera_heights"])
+    if existing != (list(CAMERAS[cameras]), resolution):
+        raise SystemExit(
+            f"{output_file} holds demos rendered by cameras {existing[0]} at {existing[1]} px: "
+            "regenerate into another --output-dir"
+        )
+
+
 def regenerate_task(job):
     """Regenerates one task file; returns its summary row."""
     from tqdm import tqdm
@@ -101,7 +115,7 @@ def regenerate_task(job):
     failures = json.loads(failures_file.read_text()) if failures_file.exists() else {}
     done = {name.decode() if isinstance(name, bytes) else str(name) for name in writer.collected_attributes("source_demo")}
     with h5py.File(source_file, "r") as source:
-        names = sorted(source["data"], key=lambda name: int(name.split("_")[1]))
+        names = sorted((name for name in source["data"] if demo_number(name) is not None), key=demo_number)
         pending = [name for name in names if name not in done and name not in failures]
         env = make_camera_env(bddl_file, resolution, CAMERAS[cameras])
         recorder = DemoRecorder(env)
@@ -136,6 +150,7 @@ def task_jobs(args):
     for task_id in range(suite.n_tasks):
         source_file = Path(args.input_dir) / f"{suite.get_task(task_id).name}_demo.hdf5"
         if source_file.exists():
+            refuse_other_rendering(Path(args.output_dir) / source_file.name, args.resolution, args.cameras)
             jobs.append((args.suite, task_id, str(source_file), args.output_dir, args.resolution, args.cameras))
     if not jobs:
         raise SystemExit(f"{args.input_dir}: no <task_name>_demo.hdf5 file of a {args.suite} task")

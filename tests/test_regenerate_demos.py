@@ -52,6 +52,8 @@ def test_a_demo_collected_here_is_reproduced_state_for_state_and_frame_for_frame
     assert read_demo(tmp_path / f"{TASK_NAME}_demo.hdf5")[2] == num_demos == 1
     summary = json.loads((tmp_path / "regeneration.json").read_text())
     assert summary["tasks"] == [{"task_id": 0, "task": TASK_NAME, "source_demos": 1, "kept": 1, "failed": 0}]
+    with pytest.raises(SystemExit, match=r"cameras \['agentview'\] at 64 px"):  # not mixed with other renders
+        regenerate_demos.main([*argv[:-4], "--resolution", "128", "--cameras", "agentview"])
 
 
 def write_official_layout(source_file, path):
