@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from libero_sim.env import (  # noqa: E402
 )
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_data import EXPERT_ACTIONS, demo_number, kept_steps  # noqa: E402
+from worldvla_results import write_json_atomically  # noqa: E402
 
 logger = logging.getLogger("regenerate_demos")
 
@@ -54,12 +54,6 @@ CAMERAS = {"agentview": (THIRD_PERSON_CAMERA,), "agentview,eye_in_hand": (THIRD_
 
 def failures_path(output_file):
     return Path(str(output_file).removesuffix(".hdf5") + ".regeneration.json")
-
-
-def write_json_atomically(path, content):
-    temporary = Path(str(path) + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def read_source_demo(group):
