@@ -130,6 +130,15 @@ def episode_seed(seed, task_id, trial):
     return (seed * 1_000_003 + task_id * 1_009 + trial) % (2**32)
 
 
+def seed_episode(seed, uses_torch):
+    """Seeds numpy (the scene's reset) and, for a model, torch, before an episode."""
+    np.random.seed(seed)
+    if uses_torch:
+        import torch
+
+        torch.manual_seed(seed)
+
+
 def run_task(config, policy, task_id, trials, report):
     """Runs `trials` of one task in one environment and calls `report(record)` after each."""
     suite = get_suite(config["suite"])
@@ -150,11 +159,7 @@ def run_task(config, policy, task_id, trials, report):
             start = time.time()
             try:
                 seed = episode_seed(config["seed"], task_id, trial)
-                np.random.seed(seed)
-                if config["policy"] == "worldvla":
-                    import torch
-
-                    torch.manual_seed(seed)
+                seed_episode(seed, uses_torch=config["policy"] == "worldvla")
                 result = run_episode(
                     env,
                     episode_policy,

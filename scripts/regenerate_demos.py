@@ -44,7 +44,7 @@ from libero_sim.env import (  # noqa: E402
     reset_to_initial_state,
 )
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
-from worldvla_data import EXPERT_ACTIONS, demo_number, kept_steps  # noqa: E402
+from worldvla_data import EXPERT_ACTIONS, LiberoDataError, check_actions, demo_number, kept_steps, open_libero_file  # noqa: E402
 from worldvla_results import write_json_atomically  # noqa: E402
 
 logger = logging.getLogger("regenerate_demos")
@@ -56,10 +56,18 @@ def failures_path(output_file):
     return Path(str(output_file).removesuffix(".hdf5") + ".regeneration.json")
 
 
-def read_source_demo(group):
-    """(first state, actions, expert actions or None, reset seed or None) of a demo group."""
-    actions = group["actions"][()]
-    expert_actions = group[EXPERT_ACTIONS][()] if EXPERT_ACTIONS in group else None
+def read_source_demo(group, where):
+    """(first state, actions, expert actions or None, reset seed or None) of a demo group, validated like training
+    input (`worldvla_data.check_actions`)."""
+    missing = [key for key in ("actions", "states") if key not in group]
+    if missing:
+        raise LiberoDataError(f"{where}: missing {missing} (a replay needs the actions and the first state)")
+    actions = np.asarray(group["actions"][()], dtype=np.float64)
+    check_actions(actions, where)
+    expert_actions = None
+    if EXPERT_ACTIONS in group:
+        expert_actions = np.asarray(group[EXPERT_ACTIONS][()], dtype=np.float64)
+        check_actions(expert_actions, where, EXPERT_ACTIONS)
     reset_seed = group.attrs.get("reset_seed")
     return group["states"][0], actions, expert_actions, None if reset_seed is None else int(reset_seed)
 
@@ -108,30 +116,32 @@ def regenerate_task(job):
     failures_file = failures_path(output_file)
     failures = json.loads(failures_file.read_text()) if failures_file.exists() else {}
     done = {name.decode() if isinstance(name, bytes) else str(name) for name in writer.collected_attributes("source_demo")}
-    with h5py.File(source_file, "r") as source:
+    with open_libero_file(source_file) as source:  # every pending demo checked before any is rendered
         names = sorted((name for name in source["data"] if demo_number(name) is not None), key=demo_number)
-        pending = [name for name in names if name not in done and name not in failures]
-        env = make_camera_env(bddl_file, resolution, CAMERAS[cameras])
-        recorder = DemoRecorder(env)
-        try:
-            for name in tqdm(pending, desc=task.name[:40], unit="demo"):
-                group = source["data"][name]
-                first_state, actions, expert_actions, reset_seed = read_source_demo(group)
-                arrays = replay_without_noops(recorder, first_state, actions, expert_actions, reset_seed)
-                if arrays is None:
-                    failures[name] = "the replay did not reach the task's success"
-                    write_json_atomically(failures_file, failures)
-                    logger.info("Task %d %s: replay failed, not kept", task_id, name)
-                    continue
-                trial = int(group.attrs.get("trial", -1))
-                extra = {"source_demo": name, "settling_steps": NUM_WAIT_STEPS}
-                for key in ("random_reset", "perturbation_rate"):
-                    if key in group.attrs:
-                        extra[key] = group.attrs[key]
-                writer.append(arrays, first_state, trial, reset_seed=reset_seed, **extra)
-        finally:
+        pending = {
+            name: (read_source_demo(source["data"][name], f"{source_file}, data/{name}"), dict(source["data"][name].attrs))
+            for name in names if name not in done and name not in failures
+        }
+    env = make_camera_env(bddl_file, resolution, CAMERAS[cameras]) if pending else None
+    try:
+        for name, ((first_state, actions, expert_actions, reset_seed), source_attributes) in tqdm(
+            pending.items(), desc=task.name[:40], unit="demo"
+        ):
+            arrays = replay_without_noops(DemoRecorder(env), first_state, actions, expert_actions, reset_seed)
+            if arrays is None:
+                failures[name] = "the replay did not reach the task's success"
+                write_json_atomically(failures_file, failures)
+                logger.info("Task %d %s: replay failed, not kept", task_id, name)
+                continue
+            extra = {"source_demo": name, "settling_steps": NUM_WAIT_STEPS}
+            for key in ("random_reset", "perturbation_rate"):
+                if key in source_attributes:
+                    extra[key] = source_attributes[key]
+            writer.append(arrays, first_state, int(source_attributes.get("trial", -1)), reset_seed=reset_seed, **extra)
+    finally:
+        if env is not None:
             env.close()
-            total = writer.finalize()
+        total = writer.finalize()
     row = {"task_id": task_id, "task": task.name, "source_demos": len(names), "kept": total, "failed": len(failures)}
     logger.info("Task %d %s: %d of %d demos kept", task_id, task.name, total, len(names))
     return row
@@ -172,12 +182,15 @@ def main(argv=None):
     args = parse_args(argv)
     jobs = task_jobs(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    if args.workers == 1 or len(jobs) == 1:
-        rows = [regenerate_task(job) for job in jobs]
-    else:
-        # robosuite and OpenGL state must not be forked
-        with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
-            rows = pool.map(regenerate_task, jobs, chunksize=1)
+    try:
+        if args.workers == 1 or len(jobs) == 1:
+            rows = [regenerate_task(job) for job in jobs]
+        else:
+            # robosuite and OpenGL state must not be forked
+            with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
+                rows = pool.map(regenerate_task, jobs, chunksize=1)
+    except LiberoDataError as error:
+        raise SystemExit(str(error)) from None
     summary = {"suite": args.suite, "input_dir": str(args.input_dir), "resolution": args.resolution,
                "cameras": args.cameras, "tasks": rows}
     write_json_atomically(Path(args.output_dir) / "regeneration.json", summary)

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval_libero import LiberoWorldVLA, episode_seed  # noqa: E402
+from eval_libero import LiberoWorldVLA, episode_seed, seed_episode  # noqa: E402
 from libero_sim.env import CLASSIC_SUITES, THIRD_PERSON_CAMERA, get_suite, make_env, max_policy_steps, run_episode, task_instruction  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import write_json_atomically  # noqa: E402
@@ -106,14 +106,9 @@ def main(argv=None):
     args = parse_args(argv)
     suite = get_suite(args.suite)
     bddl_file = suite.get_task_bddl_file_path(args.task)
-    seed = episode_seed(args.seed, args.task, args.trial)
-    np.random.seed(seed)
     if args.policy == "worldvla":
-        import torch
-
         from policy_worldvla import WorldVLAPolicy
 
-        torch.manual_seed(seed)
         policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model))
         env = make_env(bddl_file, camera_names=(THIRD_PERSON_CAMERA,), resolution=policy.image_size)
     else:
@@ -122,6 +117,8 @@ def main(argv=None):
         env = make_env(bddl_file, camera_names=())
         policy = ScriptedExpert(env)
     traced = TracedPolicy(policy)
+    seed = episode_seed(args.seed, args.task, args.trial)
+    seed_episode(seed, uses_torch=args.policy == "worldvla")  # after the env and the model, as in eval_libero.py
     try:
         result = run_episode(
             env, traced, suite.get_task_init_states(args.task)[args.trial], task_instruction(args.suite, args.task),

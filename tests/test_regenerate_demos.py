@@ -8,6 +8,7 @@ import pytest
 from libero_sim.demos import check_replay_matches
 from libero_sim.env import NUM_WAIT_STEPS
 from scripts import collect_demos, regenerate_demos
+from tests.libero_hdf5_fixture import write_libero_hdf5
 from worldvla_data import kept_steps, read_libero_file
 
 TASK_NAME = "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate"
@@ -110,3 +111,14 @@ def test_an_official_layout_file_is_rendered_natively_with_both_cameras_and_its_
 def test_the_output_folder_must_differ_from_the_input(tmp_path):
     with pytest.raises(SystemExit):
         regenerate_demos.parse_args(["--suite", "libero_spatial", "--input-dir", str(tmp_path), "--output-dir", str(tmp_path)])
+
+
+def test_a_nan_action_stops_the_run_before_anything_is_rendered_and_names_where_it_is(tmp_path):
+    input_dir = tmp_path / "official"
+    write_libero_hdf5(input_dir / f"{TASK_NAME}_demo.hdf5", "pick up the black bowl", num_demos=2, num_steps=12)
+    with h5py.File(input_dir / f"{TASK_NAME}_demo.hdf5", "r+") as file:
+        file["data/demo_1/actions"][7, 2] = np.nan
+    argv = ["--suite", "libero_spatial", "--input-dir", str(input_dir), "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"data/demo_1: actions contain NaN or inf \(1 values, first at step 7, dim 2\)"):
+        regenerate_demos.main(argv)
+    assert not (tmp_path / "out" / f"{TASK_NAME}_demo.hdf5").exists()
