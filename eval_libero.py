@@ -5,7 +5,7 @@
     python eval_libero.py --merge runs/eval/a runs/eval/b --output-dir runs/eval/all   # split runs, one summary
     python eval_libero.py --model M --suite libero_spatial --perturbations all --output-dir runs/eval/pro  # LIBERO-PRO
 
-Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env.run_episode`): the
+Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env.Episode`): the
 benchmark's fixed initial states (`--trials`), 10 waiting steps with [0,0,0,0,0,0,-1], at most
 220/280/300/520/400 policy steps for spatial/object/goal/10/90; the third-person camera rendered at
 `model.config.image_size` and turned upright; `WorldVLAPolicy` (policy_worldvla.py) keeps the history and
@@ -18,6 +18,11 @@ those that raised), `summary.json`, `results.md` (per-task table with Wilson 95%
 `--save-video` one mp4 per episode in `videos/`. The headline success rate counts an episode that raised as a
 failure, as the paper does; such episodes are listed apart too. The model is loaded before the first episode,
 so a bad path or --unnorm-key stops the run at once with a nonzero exit.
+
+Throughput: `--num-workers N` runs episodes in N processes, each loading the model; `--envs-per-worker M` has
+each process step M environments of one task in lockstep (M initial states at a time), the queries due at a step
+batched into one forward: on a GPU, M episodes for about the price of one. Outcomes depend on neither: every
+frame of every episode is the same as when the episodes run one by one (tested).
 
 Robustness (LIBERO-PRO, whose perturbed suites the installed LIBERO package ships): `--suite libero_spatial_swap`
 (object positions), `_object` (object appearance), `_lan` (paraphrased instructions) or `_task` (another task in the
@@ -45,15 +50,15 @@ from libero_sim.env import (
     PERTURBED_SUITES,
     SUITES,
     THIRD_PERSON_CAMERA,
+    Episode,
     get_suite,
     make_env,
     max_policy_steps,
     parse_task_ids,
-    run_episode,
     task_instruction,
     third_person_frame,
 )
-from policy_worldvla import missing_local_checkpoint
+from policy_worldvla import missing_local_checkpoint, select_actions
 from worldvla_cli import HelpFormatter, configure_logging
 from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
@@ -77,13 +82,19 @@ class LiberoWorldVLA:
         self.image_size = policy.image_size
 
     def for_env(self, env):
-        return self
+        return LiberoWorldVLA(self.policy.for_another_env())
 
     def reset(self):
         self.policy.reset()
 
     def select_action(self, observation, instruction):
         return self.policy.select_action(third_person_frame(observation), instruction)
+
+    @staticmethod
+    def select_actions(env_policies, observations, instruction):
+        """One action per environment; the chunks due at this step are predicted in one batched forward."""
+        frames = [third_person_frame(observation) for observation in observations]
+        return select_actions([env_policy.policy for env_policy in env_policies], frames, instruction)
 
 
 class ScriptedPolicy:
@@ -95,6 +106,10 @@ class ScriptedPolicy:
         from libero_sim.expert import ScriptedExpert
 
         return ScriptedExpert(env)
+
+    @staticmethod
+    def select_actions(env_policies, observations, instruction):
+        return [env_policy.select_action(observation, instruction) for env_policy, observation in zip(env_policies, observations)]
 
 
 def load_policy(config):
@@ -140,10 +155,11 @@ def seed_episode(seed, uses_torch):
 
 
 def run_task(config, policy, task_id, trials, report):
-    """Runs `trials` of one task in one environment and calls `report(record)` after each."""
+    """Runs `trials` of one task and calls `report(record)` after each episode: in groups of
+    `config["envs_per_worker"]` environments stepped in lockstep, their policy queries batched."""
     suite = get_suite(config["suite"])
-    task = suite.get_task(task_id)
     instruction = task_instruction(config["suite"], task_id)
+    task = {"suite": config["suite"], "task_id": task_id, "task_name": suite.get_task(task_id).name, "instruction": instruction}
     initial_states = suite.get_task_init_states(task_id)
     if policy.image_size is not None:
         camera_names, resolution = (THIRD_PERSON_CAMERA,), policy.image_size
@@ -151,34 +167,66 @@ def run_task(config, policy, task_id, trials, report):
         camera_names, resolution = (THIRD_PERSON_CAMERA,), SCRIPTED_VIDEO_RESOLUTION
     else:
         camera_names, resolution = (), SCRIPTED_VIDEO_RESOLUTION
-    env = make_env(suite.get_task_bddl_file_path(task_id), camera_names=camera_names, resolution=resolution)
-    episode_policy = policy.for_env(env)
+    envs = []
     try:
-        for trial in trials:
-            record = {"suite": config["suite"], "task_id": task_id, "task_name": task.name, "instruction": instruction, "trial": trial}
-            start = time.time()
-            try:
-                seed = episode_seed(config["seed"], task_id, trial)
-                seed_episode(seed, uses_torch=config["policy"] == "worldvla")
-                result = run_episode(
-                    env,
-                    episode_policy,
-                    initial_states[trial],
-                    instruction,
-                    config["max_steps"] or max_policy_steps(config["suite"]),
-                    record=config["save_video"],
-                    seed=seed,
-                )
-                record.update(status="success" if result.success else "failure", success=result.success)
-                record.update(steps=result.policy_steps, error=None)
-                if config["save_video"]:
-                    record["video"] = write_video(config["output_dir"], record, result.video_frames)
-            except Exception:
-                record.update(status="error", success=False, steps=None, error=traceback.format_exc())
-            record["seconds"] = round(time.time() - start, 2)
-            report(record)
+        for _ in range(min(config.get("envs_per_worker", 1), len(trials))):
+            envs.append(make_env(suite.get_task_bddl_file_path(task_id), camera_names=camera_names, resolution=resolution))
+        env_policies = [policy.for_env(env) for env in envs]
+        for first in range(0, len(trials), len(envs)):
+            group = trials[first : first + len(envs)]
+            run_in_lockstep(config, policy, envs, env_policies, task, [initial_states[trial] for trial in group], group, report)
     finally:
-        env.close()
+        for env in envs:
+            env.close()
+
+
+def run_in_lockstep(config, policy, envs, env_policies, task, initial_states, trials, report):
+    """One episode per trial, environment i running trials[i]; all step together until each is finished.
+
+    An episode that raises is recorded as an error and the others go on; a batched query that raises
+    fails the episodes it was for. `seconds` is the wall time from the group's start to the episode's end."""
+    start = time.time()
+    max_steps = config["max_steps"] or max_policy_steps(config["suite"])
+    records = [dict(task, trial=trial) for trial in trials]
+    episodes = [None] * len(trials)
+
+    def finish(i, error=None):
+        episode, record = episodes[i], records[i]
+        if error is None:
+            record.update(status="success" if episode.result.success else "failure", success=episode.result.success)
+            record.update(steps=episode.result.policy_steps, error=None)
+            if config["save_video"]:
+                record["video"] = write_video(config["output_dir"], record, episode.result.video_frames)
+        else:
+            record.update(status="error", success=False, steps=None, error=error)
+        record["seconds"] = round(time.time() - start, 2)
+        episodes[i] = None
+        report(record)
+
+    for i, (env, env_policy, initial_state) in enumerate(zip(envs, env_policies, initial_states)):
+        try:
+            seed = episode_seed(config["seed"], task["task_id"], trials[i])
+            seed_episode(seed, uses_torch=config["policy"] == "worldvla")
+            episodes[i] = Episode(env, initial_state, max_steps, record=config["save_video"], seed=seed)
+            env_policy.reset()
+        except Exception:
+            finish(i, traceback.format_exc())
+    while active := [i for i, episode in enumerate(episodes) if episode is not None]:
+        try:
+            actions = policy.select_actions([env_policies[i] for i in active], [episodes[i].observation for i in active], task["instruction"])
+        except Exception:
+            error = traceback.format_exc()
+            for i in active:
+                finish(i, error)
+            continue
+        for i, action in zip(active, actions):
+            try:
+                episodes[i].step(action)
+            except Exception:
+                finish(i, traceback.format_exc())
+                continue
+            if episodes[i].finished:
+                finish(i)
 
 
 def write_video(output_dir, record, frames):
@@ -430,6 +478,7 @@ def outcome_settings(config):
     settings["max_policy_steps"] = config["max_steps"] or max_policy_steps(config["suite"])
     settings["device"] = config.get("device")
     settings["rendering"] = os.environ.get("MUJOCO_GL")
+    settings["envs_per_worker"] = config.get("envs_per_worker", 1)
     return settings
 
 
@@ -588,6 +637,11 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", help="results folder; rerunning with it resumes")
     parser.add_argument("--save-video", action="store_true", help="write an mp4 per episode")
     parser.add_argument("--num-workers", type=int, default=1, help="episodes run in parallel processes")
+    parser.add_argument(
+        "--envs-per-worker", type=int, default=1,
+        help="environments each process steps in lockstep, their policy queries batched into one forward (on a GPU "
+        "several episodes for the price of one query; outcomes do not depend on it)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs; auto: CUDA when present")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights dtype (the VQ stays float32)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -606,6 +660,8 @@ def parse_args(argv=None):
         parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
+    if args.envs_per_worker < 1:
+        parser.error("--envs-per-worker must be at least 1")
     if args.perturbations is not None:
         if args.suite not in PERTURBED_BASE_SUITES:
             parser.error(f"--perturbations needs --suite one of {', '.join(PERTURBED_BASE_SUITES)}, got {args.suite}")

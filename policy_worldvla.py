@@ -14,11 +14,16 @@ training samples (`processing_worldvla.history_indices`): after a reset the firs
 ones the frame of the previous control step too. Each frame is VQ-encoded at most once: its codes stay in the
 history for the next query.
 
+Several environments driven by one model (a batched evaluation): one policy per environment from
+`policy.for_another_env()`, then `select_actions(policies, frames, instruction)` each step; the queries due at a
+step go through the model as one batch.
+
 Nothing silent reaches the robot: a frame of the wrong shape or type, an instruction that is not text,
 statistics the processor does not have, or a chunk that is not K finite actions raise a `ValueError` or
 `RuntimeError` that says what is wrong.
 """
 
+import copy
 from collections import deque
 from pathlib import Path
 
@@ -132,26 +137,23 @@ class WorldVLAPolicy:
 
     def history_codes(self):
         """VQ codes (h, w) of the frames the next query sees, oldest first, each frame encoded once."""
+        return _history_codes([self])[0]
+
+    def _wanted_history(self):
         if not self._history:
             raise RuntimeError("no frame observed since reset(): pass the current frame first")
         by_step = {entry[0]: entry for entry in self._history}
-        wanted = [by_step[step] for step in history_indices(self._steps - 1, self.history_frames)]
-        missing = [entry for entry in wanted if entry[2] is None]
-        if missing:
-            for entry, codes in zip(missing, self.processor.encode_images([entry[1] for entry in missing])):
-                entry[2] = codes
-        return [entry[2] for entry in wanted]
+        return [by_step[step] for step in history_indices(self._steps - 1, self.history_frames)]
 
-    @torch.no_grad()
+    def for_another_env(self):
+        """A policy with this one's model, processor and settings and a history and queue of its own: one per
+        environment of a batch stepped by `select_actions`."""
+        policy = copy.copy(self)
+        policy.reset()
+        return policy
+
     def _query(self, instruction):
-        prompt = self.processor.build_action_sample(instruction, self.history_codes())["input_ids"]
-        input_ids = torch.tensor([prompt], device=self.model.device)
-        bins = self.model.generate_action_tokens(input_ids, torch.ones_like(input_ids), decoding=self.decoding)
-        actions = self.processor.decode_actions(bins.cpu().numpy(), unnorm_key=self.unnorm_key)
-        actions = np.asarray(actions, dtype=np.float64).reshape(-1, self.chunk_size, self.action_dim)[0]
-        if not np.isfinite(actions).all():
-            raise RuntimeError(f"the model produced non-finite actions {actions.tolist()}: not sent to the robot")
-        return actions
+        return _query_chunks([self], instruction)[0]
 
     def predict_action_chunk(self, frame, instruction):
         """Observe `frame` and return the next chunk of actions (K, action_dim), un-normalised; the queue is
@@ -167,3 +169,54 @@ class WorldVLAPolicy:
         if not self._action_queue:
             self._action_queue.extend(self._query(instruction)[: self.n_action_steps])
         return self._action_queue.popleft()
+
+
+def _history_codes(policies):
+    """The history codes of each policy, the frames not yet encoded encoded together in one VQ call."""
+    wanted = [policy._wanted_history() for policy in policies]
+    missing = [entry for entries in wanted for entry in entries if entry[2] is None]
+    if missing:
+        for entry, codes in zip(missing, policies[0].processor.encode_images([entry[1] for entry in missing])):
+            entry[2] = codes
+    return [[entry[2] for entry in entries] for entries in wanted]
+
+
+@torch.no_grad()
+def _query_chunks(policies, instruction):
+    """One chunk (K, action_dim) per policy, from one forward over their prompts (right-padded)."""
+    first = policies[0]
+    if any(policy.model is not first.model or policy.processor is not first.processor for policy in policies):
+        raise ValueError("policies queried together must share one model and processor (use for_another_env)")
+    prompts = [first.processor.build_action_sample(instruction, codes)["input_ids"] for codes in _history_codes(policies)]
+    longest = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), longest), first.model.config.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, : len(prompt)] = torch.tensor(prompt)
+        attention_mask[row, : len(prompt)] = 1
+    device = first.model.device
+    bins = first.model.generate_action_tokens(input_ids.to(device), attention_mask.to(device), decoding=first.decoding)
+    chunks = []
+    for policy, row_bins in zip(policies, bins.cpu().numpy()):
+        actions = policy.processor.decode_actions(row_bins[None], unnorm_key=policy.unnorm_key)
+        actions = np.asarray(actions, dtype=np.float64).reshape(policy.chunk_size, policy.action_dim)
+        if not np.isfinite(actions).all():
+            raise RuntimeError(f"the model produced non-finite actions {actions.tolist()}: not sent to the robot")
+        chunks.append(actions)
+    return chunks
+
+
+def select_actions(policies, frames, instruction):
+    """`select_action` for several environments at once: policy i observes frames[i] and returns its action;
+    the policies whose queue is empty are queried together, in one batched forward of their shared model (on a
+    GPU, the cost of one query for all of them). The policies come from `for_another_env` of one policy."""
+    if len(policies) != len(frames):
+        raise ValueError(f"{len(policies)} policies but {len(frames)} frames")
+    for policy, frame in zip(policies, frames):
+        policy._check_instruction(instruction)
+        policy.observe(frame)
+    querying = [policy for policy in policies if not policy._action_queue]
+    if querying:
+        for policy, chunk in zip(querying, _query_chunks(querying, instruction)):
+            policy._action_queue.extend(chunk[: policy.n_action_steps])
+    return [policy._action_queue.popleft() for policy in policies]

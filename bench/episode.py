@@ -14,11 +14,13 @@ timed from the outside (wrappers on the functions, the real code unchanged):
                un-normalisation, the protocol loop.
 
 Throughput (`--workers`): `eval_libero.py` itself, as a subprocess, on the same episodes into a fresh folder, once
-per `WORKERS:THREADS` setting (parallel processes : torch threads of each); episodes per hour from the wall time,
-model loading included.
+per `WORKERS:THREADS[:ENVS]` setting (parallel processes : torch threads of each : environments each process steps
+in lockstep with batched queries, `--envs-per-worker`, default 1); episodes per hour from the wall time, model
+loading included.
 
     python bench/episode.py                            # split of 2 episodes, then 1:2 and 2:1 on 4 episodes
     python bench/episode.py --workers none --episodes 1
+    python bench/episode.py --workers 1:2,1:2:2,2:1 --throughput-trials 0,1,2,3   # batched environments too
     python bench/episode.py --json
 """
 
@@ -151,13 +153,14 @@ def summarize_split(records):
 
 
 def throughput(model, setting, task_ids, trials, max_steps):
-    """eval_libero.py with WORKERS:THREADS on the episodes, into a fresh folder; episodes per hour of wall time."""
-    workers, threads = (int(part) for part in setting.split(":"))
+    """eval_libero.py with WORKERS:THREADS[:ENVS] on the episodes, into a fresh folder; episodes per hour of wall time."""
+    workers, threads, envs = (list(map(int, setting.split(":"))) + [1])[:3]
     with tempfile.TemporaryDirectory() as output_dir:
         command = [
             sys.executable, str(ROOT / "eval_libero.py"), "--model", str(model), "--suite", "libero_spatial",
             "--tasks", ",".join(map(str, task_ids)), "--trials", ",".join(map(str, trials)) + ",",
-            "--num-workers", str(workers), "--threads", str(threads), "--device", "cpu", "--output-dir", output_dir,
+            "--num-workers", str(workers), "--threads", str(threads), "--envs-per-worker", str(envs), "--device", "cpu",
+            "--output-dir", output_dir,
         ]
         if max_steps:
             command += ["--max-steps", str(max_steps)]
@@ -170,6 +173,7 @@ def throughput(model, setting, task_ids, trials, max_steps):
     return {
         "workers": workers,
         "threads": threads,
+        "envs_per_worker": envs,
         "episodes": len(episodes),
         "wall_s": wall,
         "episodes_per_hour": 3600 * len(episodes) / wall,
@@ -192,17 +196,21 @@ def print_tables(report):
         print(f"| total | {split['ms_per_control_step']['total']:.1f} | 100% |")
     if report["throughput"]:
         print("\neval_libero.py on the same episodes (wall time, model loading included):")
-        print("| workers | threads each | episodes | wall s | episodes/hour | mean episode s |")
-        print("|---|---|---|---|---|---|")
+        print("| workers | threads each | envs each | episodes | wall s | episodes/hour | mean episode s |")
+        print("|---|---|---|---|---|---|---|")
         for run in report["throughput"]:
             print(
-                f"| {run['workers']} | {run['threads']} | {run['episodes']} | {run['wall_s']:.0f} | "
+                f"| {run['workers']} | {run['threads']} | {run['envs_per_worker']} | {run['episodes']} | {run['wall_s']:.0f} | "
                 f"{run['episodes_per_hour']:.0f} | {run['mean_episode_s']:.1f} |"
             )
         runs = report["throughput"]
         if len(runs) > 1:
-            print(f"speed-up of {runs[-1]['workers']}:{runs[-1]['threads']} over {runs[0]['workers']}:{runs[0]['threads']}: "
-                  f"{runs[-1]['episodes_per_hour'] / runs[0]['episodes_per_hour']:.2f}x")
+            for run in runs[1:]:
+                print(f"speed-up of {setting_name(run)} over {setting_name(runs[0])}: {run['episodes_per_hour'] / runs[0]['episodes_per_hour']:.2f}x")
+
+
+def setting_name(run):
+    return f"{run['workers']}:{run['threads']}:{run['envs_per_worker']}"
 
 
 def parse_ids(spec, name):
@@ -220,7 +228,7 @@ def main():
     parser.add_argument("--model", default=str(SHIPPED), help="WorldVLA checkpoint folder or Hub id")
     parser.add_argument("--episodes", type=int, default=2, help="episodes timed part by part (task 0, states 0, 1, ...); 0: none")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the split")
-    parser.add_argument("--workers", default="1:2,2:1", help="WORKERS:THREADS settings of the throughput runs, or 'none'")
+    parser.add_argument("--workers", default="1:2,2:1", help="WORKERS:THREADS[:ENVS] settings of the throughput runs, or 'none'")
     parser.add_argument("--throughput-tasks", default="0,1", help="tasks of the throughput runs")
     parser.add_argument("--throughput-trials", default="0,1", help="initial states of each throughput task")
     parser.add_argument("--max-steps", type=int, default=None, help="policy-step limit (default: the protocol's 220)")
@@ -228,8 +236,8 @@ def main():
     args = parser.parse_args()
     settings = [] if args.workers == "none" else args.workers.split(",")
     for setting in settings:
-        if len(setting.split(":")) != 2 or not all(part.isdigit() and int(part) > 0 for part in setting.split(":")):
-            parser.error(f"--workers takes WORKERS:THREADS settings such as 1:2,2:1, got {setting!r}")
+        if len(setting.split(":")) not in (2, 3) or not all(part.isdigit() and int(part) > 0 for part in setting.split(":")):
+            parser.error(f"--workers takes WORKERS:THREADS[:ENVS] settings such as 1:2,2:1,1:2:2, got {setting!r}")
     if args.episodes < 0:
         parser.error("--episodes must be at least 0")
     records = split_episodes(args.model, [0], list(range(args.episodes)), args.max_steps, args.threads) if args.episodes else []

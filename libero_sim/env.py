@@ -270,44 +270,63 @@ class EpisodeResult:
     video_frames: list = field(default_factory=list)  # upright third-person frames
 
 
-def run_episode(env, policy, initial_state, instruction, max_policy_steps, record=False, seed=None):
-    """The evaluation protocol, shared by every policy.
+class Episode:
+    """One episode of the evaluation protocol, stepped from outside (several of them in lockstep by
+    `eval_libero.py --envs-per-worker`; one by `run_episode`).
 
-    Resets to `initial_state`, sends `NUM_WAIT_STEPS` dummy actions, calls `policy.reset()`, then asks
-    `policy.select_action(observation, instruction)` for one action per env step (LIBERO's observation dict;
-    a policy with an action queue executes its chunks open loop), for at most `max_policy_steps` steps.
-    Success is the env's `done`. An action that is not `ACTION_DIM` finite numbers raises.
-
-    As in the authors' evaluation (`eval_solver_libero_256.py`), the policy's history starts after the waiting
-    steps: it is reset then, so its first query sees the current frame alone. With `record`, actions, states
-    and the upright third-person frames are kept. `seed` makes the scene's fixtures repeatable
-    (`reset_to_initial_state`).
+    Creating it resets `env` to `initial_state` (`seed`: see `reset_to_initial_state`) and sends the
+    `NUM_WAIT_STEPS` dummy actions; `observation` is then the one the policy sees first, and `step(action)`
+    executes one policy action until the episode is `finished`: the env's `done` (a success) or
+    `max_policy_steps` actions. An action that is not `ACTION_DIM` finite numbers raises. With `record`,
+    actions, states and the upright third-person frames are kept in `result`.
     """
-    result = EpisodeResult(initial_state=np.asarray(initial_state))
-    camera_key = THIRD_PERSON_CAMERA + "_image"
 
-    def step(action):
-        if record:
-            result.states.append(env.get_sim_state())
-            result.actions.append(np.asarray(action, dtype=np.float64))
-        obs, _, done, _ = env.step(action)
-        if record and camera_key in obs:
-            result.video_frames.append(third_person_frame(obs))
-        return obs, done
+    def __init__(self, env, initial_state, max_policy_steps, record=False, seed=None):
+        self.env = env
+        self.max_policy_steps = max_policy_steps
+        self.record = record
+        self.result = EpisodeResult(initial_state=np.asarray(initial_state))
+        self.observation = reset_to_initial_state(env, initial_state, seed)
+        self._keep_frame()
+        for _ in range(NUM_WAIT_STEPS):
+            self._execute(WAIT_ACTION)
 
-    obs = reset_to_initial_state(env, initial_state, seed)
-    if record and camera_key in obs:
-        result.video_frames.append(third_person_frame(obs))
-    for _ in range(NUM_WAIT_STEPS):
-        obs, _ = step(WAIT_ACTION)
-    policy.reset()
-    while result.policy_steps < max_policy_steps:
-        action = np.asarray(policy.select_action(obs, instruction), dtype=np.float64)
+    @property
+    def finished(self):
+        return self.result.success or self.result.policy_steps >= self.max_policy_steps
+
+    def _keep_frame(self):
+        if self.record and THIRD_PERSON_CAMERA + "_image" in self.observation:
+            self.result.video_frames.append(third_person_frame(self.observation))
+
+    def _execute(self, action):
+        if self.record:
+            self.result.states.append(self.env.get_sim_state())
+            self.result.actions.append(np.asarray(action, dtype=np.float64))
+        self.observation, _, done, _ = self.env.step(action)
+        self._keep_frame()
+        return done
+
+    def step(self, action):
+        if self.finished:
+            raise RuntimeError("the episode is finished: no more actions")
+        action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
             raise ValueError(f"the policy returned {action.tolist()!r}; an action is {ACTION_DIM} finite numbers")
-        obs, done = step(action)
-        result.policy_steps += 1
-        if done:
-            result.success = True
-            break
-    return result
+        done = self._execute(action)
+        self.result.policy_steps += 1
+        self.result.success = bool(done)
+
+
+def run_episode(env, policy, initial_state, instruction, max_policy_steps, record=False, seed=None):
+    """The evaluation protocol, shared by every policy: an `Episode` driven by `policy.select_action(observation,
+    instruction)` (LIBERO's observation dict; a policy with an action queue executes its chunks open loop).
+
+    As in the authors' evaluation (`eval_solver_libero_256.py`), the policy's history starts after the waiting
+    steps: `policy.reset()` is called then, so its first query sees the current frame alone.
+    """
+    episode = Episode(env, initial_state, max_policy_steps, record=record, seed=seed)
+    policy.reset()
+    while not episode.finished:
+        episode.step(policy.select_action(episode.observation, instruction))
+    return episode.result

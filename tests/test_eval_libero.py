@@ -5,6 +5,7 @@ loop."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,7 +70,7 @@ def test_crashing_episode_is_recorded_as_error(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(eval_libero, "run_episode", explode)
+    monkeypatch.setattr(eval_libero, "Episode", explode)
     summary = run(tmp_path, trials=1)
     record = lines(tmp_path / "episodes.jsonl")[0]
     assert record["status"] == "error" and "simulated crash" in record["error"]
@@ -214,22 +215,22 @@ def test_worldvla_checkpoint_runs_through_the_protocol(small_checkpoint, tmp_pat
     a query sees is encoded once."""
     from policy_worldvla import WorldVLAPolicy
 
+    # The classes of the checkpoint's own code (trust_remote_code), which the evaluation loads.
+    loaded = WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu")
+    model_class, processor_class = type(loaded.model), type(loaded.processor)
     queries, encoded = [], []
-    history_codes = WorldVLAPolicy.history_codes
+    generate_action_tokens, encode_images = model_class.generate_action_tokens, processor_class.encode_images
 
-    def recording_history_codes(self):
-        codes = history_codes(self)
-        queries.append([tuple(c.shape) for c in codes])
-        return codes
-
-    encode_images = type(WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu").processor).encode_images
+    def recording_generate(self, input_ids, attention_mask=None, decoding="parallel"):
+        queries.append((input_ids == self.config.token_layout.image_start_token_id).sum(-1).tolist())
+        return generate_action_tokens(self, input_ids, attention_mask, decoding=decoding)
 
     def counting_encode(self, images):
         encoded.append(len(images))
         return encode_images(self, images)
 
-    monkeypatch.setattr(WorldVLAPolicy, "history_codes", recording_history_codes)
-    monkeypatch.setattr(type(WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu").processor), "encode_images", counting_encode)
+    monkeypatch.setattr(model_class, "generate_action_tokens", recording_generate)
+    monkeypatch.setattr(processor_class, "encode_images", counting_encode)
     summary = eval_libero.main([
         "--model", str(small_checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
         "--max-steps", "12", "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "--save-video",
@@ -238,10 +239,33 @@ def test_worldvla_checkpoint_runs_through_the_protocol(small_checkpoint, tmp_pat
     assert record["error"] is None and record["steps"] == 12
     assert summary["settings"]["max_steps"] == 12 and summary["errors"] == 0
     assert summary["settings"]["unnorm_key"] == "libero"
-    assert queries == [[(4, 4)], [(4, 4)] * 2, [(4, 4)] * 2]  # K = 5: queries at steps 0, 5 and 10
+    assert queries == [[1], [2], [2]]  # K = 5: queries at steps 0, 5 and 10, of one frame, then two
     assert encoded == [1, 2, 2]  # steps 4 and 5, then 9 and 10: none of them seen before
 
     import imageio.v3 as iio
 
     video = iio.imread(tmp_path / "eval" / record["video"])
     assert video.shape == (1 + 10 + 12, 64, 64, 3)  # the reset, the 10 waiting steps, the 12 policy steps
+
+
+def test_environments_stepped_in_lockstep_give_the_episodes_run_one_by_one(small_checkpoint, tmp_path):
+    """--envs-per-worker 2: the two episodes of each group step together, their queries batched; every frame of
+    every episode (the saved videos) and every outcome equal those of the episodes run one at a time."""
+    import imageio.v3 as iio
+
+    runs = {}
+    for envs in (1, 2):
+        output_dir = tmp_path / f"envs{envs}"
+        eval_libero.main([
+            "--model", str(small_checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--trials", "0-2",
+            "--max-steps", "12", "--device", "cpu", "--output-dir", str(output_dir), "--save-video",
+            "--envs-per-worker", str(envs),
+        ])
+        records = sorted(lines(output_dir / "episodes.jsonl"), key=lambda record: record["trial"])
+        runs[envs] = [(r["trial"], r["status"], r["steps"], iio.imread(output_dir / r["video"])) for r in records]
+        assert json.loads((output_dir / "settings.json").read_text())["envs_per_worker"] == envs
+    assert [run[:3] for run in runs[1]] == [run[:3] for run in runs[2]] == [(t, "failure", 12) for t in (0, 1, 2)]
+    for (_, _, _, alone), (_, _, _, batched) in zip(runs[1], runs[2]):
+        assert alone.shape == (23, 64, 64, 3)
+        np.testing.assert_array_equal(alone, batched)
+    assert not np.array_equal(runs[1][0][3], runs[1][1][3])  # the trials' scenes differ: the comparison has teeth

@@ -1,12 +1,14 @@
 """WorldVLAPolicy: the action queue, the history rule shared with training, one encoding per frame, and clear
 errors instead of actions for bad inputs."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import worldvla_data
-from policy_worldvla import WorldVLAPolicy
+from policy_worldvla import WorldVLAPolicy, select_actions
 from processing_worldvla import history_indices
 
 INSTRUCTION = "put the black bowl on the plate"
@@ -164,3 +166,46 @@ def test_non_finite_model_output_never_becomes_an_action(small_worldvla, episode
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+def test_batched_environments_act_as_each_would_alone(small_worldvla, episode_frames, monkeypatch):
+    """select_actions over policies of one model: the actions each policy takes alone, the queries due at a step in
+    one forward, prompts of different lengths (two history frames and one) right-padded in one batch."""
+    model, processor = small_worldvla
+    rng = np.random.default_rng(2)
+    later_frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(7)]
+    alone = WorldVLAPolicy(model, processor)
+    expected_first = [alone.select_action(frame, INSTRUCTION) for frame in episode_frames]
+    alone.reset()
+    expected_later = [alone.select_action(frame, INSTRUCTION) for frame in later_frames]
+    codes = processor.encode_images(episode_frames[:1])[0]
+    one_frame, two_frames = (len(processor.build_action_sample(INSTRUCTION, [codes] * n)["input_ids"]) for n in (1, 2))
+
+    batches, encoded = [], []
+    generate, encode = model.generate_action_tokens, processor.encode_images
+    monkeypatch.setattr(model, "generate_action_tokens", lambda ids, mask, decoding: batches.append(mask.sum(-1).tolist()) or generate(ids, mask, decoding=decoding))
+    monkeypatch.setattr(processor, "encode_images", lambda images: encoded.append(len(images)) or encode(images))
+    first = WorldVLAPolicy(model, processor)
+    later = first.for_another_env()  # this environment starts 5 steps after the first
+    assert later.model is first.model and later._history is not first._history
+    got_first = [first.select_action(frame, INSTRUCTION) for frame in episode_frames[:5]]
+    got_later = []
+    for frame, later_frame in zip(episode_frames[5:], later_frames):
+        action, later_action = select_actions([first, later], [frame, later_frame], INSTRUCTION)
+        got_first.append(action)
+        got_later.append(later_action)
+    np.testing.assert_array_equal(np.stack(got_first), np.stack(expected_first))
+    np.testing.assert_array_equal(np.stack(got_later), np.stack(expected_later))
+    # Queries at steps 0 (the first alone), 5 and 10 (both, one forward each; at 5 the later one has one frame).
+    assert batches == [[one_frame], [two_frames, one_frame], [two_frames, two_frames]]
+    assert encoded == [1, 3, 4]  # every frame a query sees encoded once, the batch's new frames in one VQ call
+
+
+def test_batched_policies_must_share_one_model(small_worldvla, episode_frames):
+    model, processor = small_worldvla
+    first = WorldVLAPolicy(model, processor)
+    other_model = WorldVLAPolicy(copy.deepcopy(model), processor)
+    with pytest.raises(ValueError, match="share one model"):
+        select_actions([first, other_model], episode_frames[:2], INSTRUCTION)
+    with pytest.raises(ValueError, match="2 policies but 1 frames"):
+        select_actions([first, first.for_another_env()], episode_frames[:1], INSTRUCTION)
