@@ -8,6 +8,13 @@ For evenly spread steps of training and held-out demos, the model decodes a chun
 bins and the L1 of the un-normalised actions, per position in the chunk. Three variants on the same prompts:
 as trained (history frames, action attention mask), one frame only, and without the action mask (the same
 weights, the causal mask, decoded token by token). Prints a table; writes JSON with `--output`.
+
+`--around-first-close W` adds the moment a pick-and-place policy most often gets wrong: the W steps before and
+after the first step the expert commands the gripper closed, in every demo of each split. For each step the
+model decodes a chunk from the recorded frames (as trained) and its first action is set beside the expert's:
+per offset from that first close, how often the gripper is predicted closed (the expert: never before offset 0,
+always from it), and the mean predicted and expert x, y, z commands. A policy that closes early on frames of the
+hand still above the object shows it here, without the simulator and without compounding errors.
 """
 
 import argparse
@@ -24,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import worldvla_data  # noqa: E402
 from processing_worldvla import history_indices  # noqa: E402
 from worldvla_cli import HelpFormatter  # noqa: E402
+from worldvla_results import write_json_atomically  # noqa: E402
 
 VARIANTS = {
     "as trained": {"one_frame": False, "action_mask": True},
@@ -74,17 +82,73 @@ def compare(processor, steps, tokens, chunk_size):
     }
 
 
+def first_close(episode):
+    """The first step the expert commands the gripper closed, or None."""
+    closed = np.flatnonzero(episode.expert_actions[:, -1] > 0)
+    return int(closed[0]) if closed.size else None
+
+
+def around_first_close(model, processor, episodes, window, batch_size):
+    """Per offset from each demo's first close: the share of first actions predicted closed, and the mean
+    predicted and expert position commands (x, y, z)."""
+    chunk = model.config.action_chunk_size
+    steps, offsets = [], []
+    for episode in episodes:
+        close = first_close(episode)
+        if close is None:
+            continue
+        for t in range(max(0, close - window), min(len(episode.actions) - chunk, close + window) + 1):
+            steps.append((episode, t))
+            offsets.append(t - close)
+    if not steps:
+        return []
+    tokens = decode_chunks(model, processor, steps, one_frame=False, action_mask=True, batch_size=batch_size)
+    predicted = processor.decode_actions(tokens)[:, 0]
+    truth = np.stack([episode.expert_actions[t] for episode, t in steps])
+    offsets = np.asarray(offsets)
+    rows = []
+    for offset in range(-window, window + 1):
+        at = offsets == offset
+        if not at.any():
+            continue
+        rows.append({
+            "offset": offset,
+            "prompts": int(at.sum()),
+            "predicted_closed": float((predicted[at, -1] > 0).mean()),
+            "expert_closed": float((truth[at, -1] > 0).mean()),
+            "predicted_xyz": predicted[at, :3].mean(axis=0).round(3).tolist(),
+            "expert_xyz": truth[at, :3].mean(axis=0).round(3).tolist(),
+        })
+    return rows
+
+
+def first_close_table(results):
+    lines = ["| split | offset from the first close | prompts | predicted closed | expert closed | predicted x, y, z | expert x, y, z |",
+             "|---|---|---|---|---|---|---|"]
+    for split, rows in results.items():
+        for row in rows:
+            predicted, expert = (", ".join(f"{v:+.2f}" for v in row[key]) for key in ("predicted_xyz", "expert_xyz"))
+            lines.append(f"| {split} | {row['offset']:+d} | {row['prompts']} | {100 * row['predicted_closed']:.0f}% | "
+                         f"{100 * row['expert_closed']:.0f}% | {predicted} | {expert} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="a WorldVLA checkpoint folder")
     parser.add_argument("--data-dir", required=True, help="the LIBERO-format demos it was trained on")
     parser.add_argument("--cache-dir", default=None, help="the tokenised-episode cache (train.py's --data-cache-dir)")
-    parser.add_argument("--val-split", choices=("release", "episodes"), default="episodes", help="the rule the training run held demos out with")
+    parser.add_argument("--val-split", choices=("release", "episodes", "none"), default="episodes",
+                        help="the rule the training run held demos out with ('none': one split, 'train', of every demo: demos the model never saw)")
     parser.add_argument("--prompts", type=int, default=256, help="prompts per split")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--around-first-close", type=int, default=0, metavar="W",
+                        help="also compare the predicted and the expert gripper and motion W steps around each demo's first close")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.prompts < 0 or args.around_first_close < 0:
+        parser.error("--prompts and --around-first-close take numbers of at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoProcessor
@@ -94,9 +158,11 @@ def main(argv=None):
     episodes = worldvla_data.load_episodes(worldvla_data.tokenised_episodes(args.data_dir, processor, args.cache_dir))
     splits = worldvla_data.split_episodes([episode.task for episode in episodes], args.val_split)
     chunk = model.config.action_chunk_size
-    results = {}
+    results, first_close_results = {}, {}
     for split in ("train", "val_ind", "val_ood"):
         members = [episode for episode, name in zip(episodes, splits) if name == split]
+        if args.around_first_close and members:
+            first_close_results[split] = around_first_close(model, processor, members, args.around_first_close, args.batch_size)
         steps = chosen_steps(members, chunk, args.prompts)
         if not steps:
             continue
@@ -111,9 +177,15 @@ def main(argv=None):
             lines.append(f"| {split} | {variant} | {100 * r['bin_accuracy']:.1f}% | {r['action_l1']:.4f} | {positions} | {100 * r['gripper_sign_accuracy']:.1f}% |")
     table = "\n".join(lines)
     print(table)
+    if first_close_results:
+        print("\nAround the first close (the first action of each decoded chunk):")
+        print(first_close_table(first_close_results))
+    report = {"model": args.model, "data_dir": args.data_dir, "val_split": args.val_split, "results": results}
+    if first_close_results:
+        report["around_first_close"] = first_close_results
     if args.output:
-        Path(args.output).write_text(json.dumps({"model": args.model, "data_dir": args.data_dir, "results": results}, indent=2) + "\n")
-    return results
+        write_json_atomically(args.output, report)
+    return report
 
 
 if __name__ == "__main__":
