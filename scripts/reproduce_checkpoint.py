@@ -11,11 +11,14 @@ from what is on disk (finished demos, the last complete tokenizer or Trainer che
 |---|---|---|
 | demos | `scripts/collect_demos.py`, one process per group of tasks | `--data-dir`: one HDF5 file per task, `--demos-per-task` random-reset demos each |
 | vq | `train_vq.py` | `<work-dir>/vq/processor` (text tokenizer + trained VQ), `<work-dir>/vq/eval` |
-| init | `scripts/build_small_checkpoint.py --processor` | `<work-dir>/init`: the random model around that processor |
+| init | `scripts/build_small_checkpoint.py --processor` | `<work-dir>/init`: the random model around that processor (`--processor FOLDER`: a tokenizer trained before, and no vq stage) |
 | train | `train.py --from-scratch-config` | `<work-dir>/train/model`, validation curves in its `training_summary.json` |
 | eval | `eval_libero.py` | `<work-dir>/eval`: the benchmark's fixed initial states `--eval-trials` of every task |
 | diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (10 held-out demos, one per task) |
 | ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
+
+`--processor checkpoints/worldvla-vq-libero-spatial-64` starts a new model from the tokenizer shipped in the
+repository instead of training one (the vq stage is skipped; the folder's `vq_eval/` is shipped with the model).
 
 The demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
 
@@ -67,6 +70,9 @@ def parse_args(argv=None):
     vq.add_argument("--vq-steps", type=int, default=1000)
     vq.add_argument("--vq-batch-size", type=int, default=16)
     vq.add_argument("--vq-learning-rate", type=float, default=1e-3)
+    vq.add_argument("--processor", default=None,
+                    help="a trained tokenizer's processor folder (train_vq.py's <output>/processor, or "
+                    "checkpoints/worldvla-vq-libero-spatial-64) to build the model around, instead of the vq stage")
     model = parser.add_argument_group("model")
     model.add_argument("--layers", type=int, default=4)
     model.add_argument("--hidden-size", type=int, default=256)
@@ -82,7 +88,25 @@ def parse_args(argv=None):
     evaluation = parser.add_argument_group("evaluation and shipping")
     evaluation.add_argument("--eval-trials", default="0-9", help="fixed initial states per task (eval_libero.py --trials)")
     evaluation.add_argument("--name", default="worldvla-libero-spatial-64", help="folder under checkpoints/ to ship to")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.processor and args.continue_from:
+        parser.error("--processor and --continue-from exclude each other: a continued model keeps its own tokenizer")
+    return args
+
+
+def trained_processor(args):
+    """The processor folder the init stage builds the model around: --processor, or the vq stage's output."""
+    return Path(args.processor) if args.processor else Path(args.work_dir) / "vq" / "processor"
+
+
+def tokenizer_evaluation(args):
+    """The folder of the tokenizer's held-out metrics, shipped as the model's vq_eval/."""
+    if args.continue_from:  # a continued model keeps its tokenizer
+        return Path(args.continue_from) / "vq_eval"
+    if args.processor:  # a shipped tokenizer keeps its evaluation inside; train_vq.py's output beside the processor
+        processor = Path(args.processor)
+        return processor / "vq_eval" if (processor / "vq_eval").is_dir() else processor.parent / "eval"
+    return Path(args.work_dir) / "vq" / "eval"
 
 
 def stage_commands(args):
@@ -100,11 +124,11 @@ def stage_commands(args):
     if args.continue_from:  # the earlier model brings its tokenizer, bins and weights
         vq, init, start = [], [], ["--model", str(args.continue_from)]
     else:
-        vq = [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
+        vq = [] if args.processor else [[python, "train_vq.py", "--data-dir", str(data_dir), "--output-dir", str(work / "vq"),
                "--image-size", str(args.resolution), "--max-steps", str(args.vq_steps), "--batch-size", str(args.vq_batch_size),
                "--learning-rate", str(args.vq_learning_rate), "--warmup-steps", "50", "--eval-every", str(max(args.vq_steps // 5, 1)),
                "--save-every", str(max(args.vq_steps // 5, 1)), "--seed", str(args.seed)]]
-        init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(work / "vq" / "processor"),
+        init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(trained_processor(args)),
                  "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
                  "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
                  "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed)]]
@@ -180,7 +204,7 @@ def ship(args, commands, argv):
     for name in ("results.md", "summary.json", "settings.json", "episodes.jsonl"):
         shutil.copy2(eval_dir / name, staging / "eval" / name)
     earlier = Path(args.continue_from) if args.continue_from else None
-    vq_eval = work / "vq" / "eval" if not earlier else earlier / "vq_eval"  # a continued model keeps its tokenizer
+    vq_eval = tokenizer_evaluation(args)
     for name in ("metrics.json", "results.md", "reconstructions.png", "psnr_curve.png"):
         if (vq_eval / name).is_file():
             (staging / "vq_eval").mkdir(exist_ok=True)
@@ -261,7 +285,8 @@ def main(argv=None):
         else:
             command_list = commands[stage]
             if not command_list:
-                logger.info("%s: nothing to run (training continues %s)", stage, args.continue_from)
+                reason = f"training continues {args.continue_from}" if args.continue_from else f"the tokenizer is {args.processor}"
+                logger.info("%s: nothing to run (%s)", stage, reason)
                 continue
             if stage == "train":
                 from worldvla_training import last_complete_checkpoint

@@ -3,6 +3,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from scripts import reproduce_checkpoint as reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +27,23 @@ def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model(
     assert all(command[command.index("--seed") + 1] == "1" for command in second["demos"])
     assert all(command[command.index("--perturb") + 1] == "0.05" for command in second["demos"])
     assert all(command[command.index("--perturb") + 1] == "0.0" for command in first["demos"])
+
+
+def test_a_tokenizer_trained_before_replaces_the_vq_stage(tmp_path):
+    shipped_tokenizer = tmp_path / "worldvla-vq"
+    (shipped_tokenizer / "vq_eval").mkdir(parents=True)
+    args = reproduce.parse_args(["--work-dir", "runs/round1", "--processor", str(shipped_tokenizer)])
+    commands = reproduce.stage_commands(args)
+    assert commands["vq"] == []
+    init = commands["init"][0]
+    assert init[init.index("--processor") + 1] == str(shipped_tokenizer)
+    assert reproduce.tokenizer_evaluation(args) == shipped_tokenizer / "vq_eval"
+    train_vq_output = tmp_path / "vq64" / "processor"  # train_vq.py's layout: eval/ beside processor/
+    train_vq_output.mkdir(parents=True)
+    args = reproduce.parse_args(["--work-dir", "runs/round1", "--processor", str(train_vq_output)])
+    assert reproduce.tokenizer_evaluation(args) == tmp_path / "vq64" / "eval"
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--work-dir", "w", "--processor", str(shipped_tokenizer), "--continue-from", "m"])
 
 
 def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatch):
