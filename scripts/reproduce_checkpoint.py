@@ -17,8 +17,9 @@ from what is on disk (finished demos, the last complete tokenizer or Trainer che
 | diagnose | `scripts/diagnose_policy.py`, `eval_world_model.py` | `<work-dir>/diagnosis.json` (open-loop chunks: as trained, one frame, no mask), `<work-dir>/world_model` (10 held-out demos, one per task) |
 | ship | (copy) | `checkpoints/<name>`: the model folder, its LIBERO results and the commands, in the model card |
 
-`--processor checkpoints/worldvla-vq-libero-spatial-64` starts a new model from the tokenizer shipped in the
-repository instead of training one (the vq stage is skipped; the folder's `vq_eval/` is shipped with the model).
+`--processor FOLDER` starts a new model from a tokenizer trained before (`train_vq.py`'s `<output>/processor`)
+instead of training one: the vq stage is skipped and the `eval/` beside that folder is shipped as the model's
+`vq_eval/`.
 
 The demos come from random resets only, so the benchmark's 50 fixed initial states stay the evaluation set.
 
@@ -71,8 +72,8 @@ def parse_args(argv=None):
     vq.add_argument("--vq-batch-size", type=int, default=16)
     vq.add_argument("--vq-learning-rate", type=float, default=1e-3)
     vq.add_argument("--processor", default=None,
-                    help="a trained tokenizer's processor folder (train_vq.py's <output>/processor, or "
-                    "checkpoints/worldvla-vq-libero-spatial-64) to build the model around, instead of the vq stage")
+                    help="a trained tokenizer's processor folder (train_vq.py's <output>/processor) to build the model "
+                    "around, instead of the vq stage")
     model = parser.add_argument_group("model")
     model.add_argument("--layers", type=int, default=4)
     model.add_argument("--hidden-size", type=int, default=256)
