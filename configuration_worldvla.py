@@ -424,6 +424,9 @@ class WorldVLAConfig(PretrainedConfig):
         n_action_bins (`int`, 256): uniform bins over the normalised range [-1, 1].
         action_chunk_size (`int`, 5): actions predicted per query (K; 10 for LIBERO-10).
         history_frames (`int`, 2): frames in an action prompt (the previous and the current).
+        wrist_camera (`bool`, False): each history step of an action prompt shows the third-person frame followed
+            by the wrist camera's frame (RynnVLA-002's third view + wrist layout); False is WorldVLA's third-person
+            camera only. World-model samples always use the third-person camera.
         image_size (`int`, 256): side of the square frames the model sees (256 or 512 for the release).
         image_patch_size (`int`, 16): pixels per VQ code along a side (the VQGAN's downsampling).
 
@@ -483,6 +486,7 @@ class WorldVLAConfig(PretrainedConfig):
         n_action_bins=256,
         action_chunk_size=5,
         history_frames=2,
+        wrist_camera=False,
         image_size=256,
         image_patch_size=16,
         image_loss_weight=0.04,
@@ -524,6 +528,7 @@ class WorldVLAConfig(PretrainedConfig):
         self.n_action_bins = n_action_bins
         self.action_chunk_size = action_chunk_size
         self.history_frames = history_frames
+        self.wrist_camera = wrist_camera
         self.image_size = image_size
         self.image_patch_size = image_patch_size
 
@@ -605,11 +610,16 @@ class WorldVLAConfig(PretrainedConfig):
         return self.token_layout.action_block_length
 
     @property
+    def cameras_per_step(self):
+        """Frames an action prompt shows per history step: the third-person camera, and the wrist camera's."""
+        return 2 if self.wrist_camera else 1
+
+    @property
     def longest_sample_length(self):
         """Tokens of the longest training sample, its prompt text left out: an action sample ([BOS], the history
         frames, [SEP], K action blocks, [SEP]) or a world-model sample ([BOS], frame, action, [SEP], frame, [SEP])."""
         frame, block = self.image_sequence_length, self.action_block_length
-        action_sample = 1 + self.history_frames * frame + 1 + self.action_chunk_size * block + 1
+        action_sample = 1 + self.history_frames * self.cameras_per_step * frame + 1 + self.action_chunk_size * block + 1
         world_model_sample = 1 + frame + block + 1 + frame + 1
         return max(action_sample, world_model_sample)
 
@@ -643,6 +653,7 @@ class WorldVLAConfig(PretrainedConfig):
             "attention_bias",
             "mlp_bias",
             "use_action_attention_mask",
+            "wrist_camera",
             "use_cache",
             "tie_word_embeddings",
         )
@@ -692,7 +703,7 @@ class WorldVLAConfig(PretrainedConfig):
             raise ValueError(
                 f"`max_position_embeddings` ({self.max_position_embeddings}) is shorter than the longest sample even "
                 f"without its text: {self.longest_sample_length} tokens (an action sample has `history_frames` = "
-                f"{self.history_frames} frames of {self.image_sequence_length} tokens and `action_chunk_size` = "
+                f"{self.history_frames} steps of {self.cameras_per_step} frame(s) of {self.image_sequence_length} tokens and `action_chunk_size` = "
                 f"{self.action_chunk_size} actions of {self.action_block_length}; a world-model sample two frames and "
                 "an action). Raise `max_position_embeddings` to that plus the longest prompt text, or lower "
                 "`history_frames`, `action_chunk_size` or `image_size`."

@@ -8,7 +8,7 @@
 Protocol (WorldVLA, section 6 of the reference notes; implemented in `libero_sim.env.Episode`): the
 benchmark's fixed initial states (`--trials`), 10 waiting steps with [0,0,0,0,0,0,-1], at most
 220/280/300/520/400 policy steps for spatial/object/goal/10/90; the third-person camera rendered at
-`model.config.image_size` and turned upright; `WorldVLAPolicy` (policy_worldvla.py) keeps the history and
+`model.config.image_size` and turned upright (with the wrist camera's for a `wrist_camera` model); `WorldVLAPolicy` (policy_worldvla.py) keeps the history and
 executes each predicted chunk open loop; success is the environment's `done`. Actions are sent as decoded.
 
 Outputs in `--output-dir`: `settings.json` (what decides outcomes: model, revision, un-normalisation key,
@@ -50,6 +50,7 @@ from libero_sim.env import (
     PERTURBED_SUITES,
     SUITES,
     THIRD_PERSON_CAMERA,
+    WRIST_CAMERA,
     Episode,
     get_suite,
     make_env,
@@ -57,6 +58,7 @@ from libero_sim.env import (
     parse_task_ids,
     task_instruction,
     third_person_frame,
+    wrist_frame,
 )
 from policy_worldvla import missing_local_checkpoint, select_actions
 from worldvla_cli import HelpFormatter, configure_logging
@@ -75,11 +77,13 @@ VIDEO_FPS = 20
 
 # Policies ---------------------------------------------------------------------------------------
 class LiberoWorldVLA:
-    """A `WorldVLAPolicy` fed with the upright third-person frame of each LIBERO observation."""
+    """A `WorldVLAPolicy` fed with the upright third-person frame of each LIBERO observation, and the wrist
+    camera's for a model with `wrist_camera`."""
 
     def __init__(self, policy):
         self.policy = policy
         self.image_size = policy.image_size
+        self.camera_names = (THIRD_PERSON_CAMERA, WRIST_CAMERA) if policy.wrist_camera else (THIRD_PERSON_CAMERA,)
 
     def for_env(self, env):
         return LiberoWorldVLA(self.policy.for_another_env())
@@ -88,13 +92,16 @@ class LiberoWorldVLA:
         self.policy.reset()
 
     def select_action(self, observation, instruction):
-        return self.policy.select_action(third_person_frame(observation), instruction)
+        wrist = wrist_frame(observation) if self.policy.wrist_camera else None
+        return self.policy.select_action(third_person_frame(observation), instruction, wrist_frame=wrist)
 
     @staticmethod
     def select_actions(env_policies, observations, instruction):
         """One action per environment; the chunks due at this step are predicted in one batched forward."""
+        policies = [env_policy.policy for env_policy in env_policies]
         frames = [third_person_frame(observation) for observation in observations]
-        return select_actions([env_policy.policy for env_policy in env_policies], frames, instruction)
+        wrists = [wrist_frame(observation) for observation in observations] if policies[0].wrist_camera else None
+        return select_actions(policies, frames, instruction, wrist_frames=wrists)
 
 
 class ScriptedPolicy:
@@ -162,7 +169,7 @@ def run_task(config, policy, task_id, trials, report):
     task = {"suite": config["suite"], "task_id": task_id, "task_name": suite.get_task(task_id).name, "instruction": instruction}
     initial_states = suite.get_task_init_states(task_id)
     if policy.image_size is not None:
-        camera_names, resolution = (THIRD_PERSON_CAMERA,), policy.image_size
+        camera_names, resolution = policy.camera_names, policy.image_size
     elif config["save_video"]:
         camera_names, resolution = (THIRD_PERSON_CAMERA,), SCRIPTED_VIDEO_RESOLUTION
     else:

@@ -506,7 +506,8 @@ def load_episode_frames(trajectory, image_size, num_frames):
     import worldvla_data
 
     with worldvla_data.open_libero_file(trajectory.path) as file:
-        actions, expert_actions, frames = worldvla_data.read_demo(file["data"][trajectory.demo], trajectory.path, trajectory.demo)
+        actions, expert_actions, camera_frames = worldvla_data.read_demo(file["data"][trajectory.demo], trajectory.path, trajectory.demo)
+        frames = camera_frames[worldvla_data.THIRD_PERSON_FRAMES]
         keep = worldvla_data.kept_steps(actions, expert_actions)
         frames = upright(file, trajectory.path, frames[keep][:num_frames])
     if frames.shape[1:3] != (image_size, image_size) and trajectory.path not in _warned_resize:

@@ -3,6 +3,7 @@
     policy = WorldVLAPolicy.from_pretrained("checkpoints/worldvla-libero-spatial-64")
     policy.reset()                                    # at the start of every episode
     action = policy.select_action(frame, instruction)  # every step: uint8 (H, W, 3) upright frame -> (7,)
+    action = policy.select_action(frame, instruction, wrist_frame=wrist)  # a model with `wrist_camera`
 
 The API follows LeRobot's policies (`reset`, `select_action` with an action queue, `predict_action_chunk`).
 `select_action` records the frame in the history and, when its queue is empty, queries the model for a chunk of
@@ -12,7 +13,8 @@ the paper's evaluation does; fewer re-plans sooner (receding horizon).
 The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
 training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
 ones the frame of the previous control step too. Each frame is VQ-encoded at most once: its codes stay in the
-history for the next query.
+history for the next query. A model trained with `wrist_camera` takes each step's wrist-camera frame beside the
+third-person one (`wrist_frame`, upright like it) and raises without it; a model without one refuses it.
 
 Several environments driven by one model (a batched evaluation): one policy per environment from
 `policy.for_another_env()`, then `select_actions(policies, frames, instruction)` each step; the queries due at a
@@ -31,9 +33,9 @@ import numpy as np
 import torch
 
 try:
-    from .processing_worldvla import history_indices
+    from .processing_worldvla import history_indices, prompt_frames, uses_wrist_camera
 except ImportError:
-    from processing_worldvla import history_indices
+    from processing_worldvla import history_indices, prompt_frames, uses_wrist_camera
 
 
 def missing_local_checkpoint(name_or_path):
@@ -75,6 +77,7 @@ class WorldVLAPolicy:
         self.chunk_size = int(config.action_chunk_size)
         self.history_frames = int(config.history_frames)
         self.image_size = int(config.image_size)
+        self.wrist_camera = uses_wrist_camera(config)
         self.action_dim = int(config.action_dim)
         self.n_action_steps = self.chunk_size if n_action_steps is None else n_action_steps
         if isinstance(self.n_action_steps, bool) or not isinstance(self.n_action_steps, int) or not 1 <= self.n_action_steps <= self.chunk_size:
@@ -102,25 +105,33 @@ class WorldVLAPolicy:
     def reset(self):
         """Forget the history and the queued actions: call at the start of every episode."""
         self._steps = 0
-        self._history = deque(maxlen=self.history_frames)  # (step, frame, codes or None)
+        # [step, frame, codes or None, wrist frame or None, wrist codes or None]
+        self._history = deque(maxlen=self.history_frames)
         self._action_queue = deque()
         self._instruction = None
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def _check_frame(self, frame):
+    def _check_frame(self, frame, name="frame"):
         if isinstance(frame, torch.Tensor):
             frame = frame.cpu().numpy()
         frame = np.asarray(frame)
         expected = (self.image_size, self.image_size, 3)
         if frame.shape != expected:
             raise ValueError(
-                f"frame has shape {frame.shape}; this model takes uint8 {expected} upright RGB frames "
+                f"{name} has shape {frame.shape}; this model takes uint8 {expected} upright RGB frames "
                 f"(render the camera at {self.image_size} px)"
             )
         if frame.dtype != np.uint8:
-            raise ValueError(f"frame has dtype {frame.dtype}; the model takes uint8 pixels in [0, 255]")
+            raise ValueError(f"{name} has dtype {frame.dtype}; the model takes uint8 pixels in [0, 255]")
         return np.ascontiguousarray(frame)
+
+    def _check_wrist_frame(self, wrist_frame):
+        if self.wrist_camera and wrist_frame is None:
+            raise ValueError("this model was trained with the wrist camera (wrist_camera=True): pass wrist_frame too")
+        if not self.wrist_camera and wrist_frame is not None:
+            raise ValueError("this model takes the third-person camera only (wrist_camera=False): wrist_frame would be ignored")
+        return None if wrist_frame is None else self._check_frame(wrist_frame, "wrist_frame")
 
     def _check_instruction(self, instruction):
         if not isinstance(instruction, str) or not instruction.strip():
@@ -130,13 +141,14 @@ class WorldVLAPolicy:
             self._action_queue.clear()
             self._instruction = instruction
 
-    def observe(self, frame):
-        """Record one control step's frame in the history (done by `select_action` and `predict_action_chunk`)."""
-        self._history.append([self._steps, self._check_frame(frame), None])
+    def observe(self, frame, wrist_frame=None):
+        """Record one control step's frames in the history (done by `select_action` and `predict_action_chunk`)."""
+        self._history.append([self._steps, self._check_frame(frame), None, self._check_wrist_frame(wrist_frame), None])
         self._steps += 1
 
     def history_codes(self):
-        """VQ codes (h, w) of the frames the next query sees, oldest first, each frame encoded once."""
+        """VQ codes (h, w) of the frames the next query sees, in prompt order (`prompt_frames`), each frame
+        encoded once."""
         return _history_codes([self])[0]
 
     def _wanted_history(self):
@@ -155,30 +167,34 @@ class WorldVLAPolicy:
     def _query(self, instruction):
         return _query_chunks([self], instruction)[0]
 
-    def predict_action_chunk(self, frame, instruction):
-        """Observe `frame` and return the next chunk of actions (K, action_dim), un-normalised; the queue is
-        left as it is."""
+    def predict_action_chunk(self, frame, instruction, wrist_frame=None):
+        """Observe `frame` (and `wrist_frame`) and return the next chunk of actions (K, action_dim),
+        un-normalised; the queue is left as it is."""
         self._check_instruction(instruction)
-        self.observe(frame)
+        self.observe(frame, wrist_frame)
         return self._query(instruction)
 
-    def select_action(self, frame, instruction):
-        """Observe `frame` and return the action (action_dim,) to execute now."""
+    def select_action(self, frame, instruction, wrist_frame=None):
+        """Observe `frame` (and `wrist_frame`) and return the action (action_dim,) to execute now."""
         self._check_instruction(instruction)
-        self.observe(frame)
+        self.observe(frame, wrist_frame)
         if not self._action_queue:
             self._action_queue.extend(self._query(instruction)[: self.n_action_steps])
         return self._action_queue.popleft()
 
 
 def _history_codes(policies):
-    """The history codes of each policy, the frames not yet encoded encoded together in one VQ call."""
+    """The prompt codes of each policy, the frames not yet encoded encoded together in one VQ call."""
     wanted = [policy._wanted_history() for policy in policies]
-    missing = [entry for entries in wanted for entry in entries if entry[2] is None]
+    # (entry, index of the frame in it, index its codes go to) of each frame not yet encoded
+    missing = [(entry, frame, frame + 1) for entries in wanted for entry in entries for frame in (1, 3) if entry[frame] is not None and entry[frame + 1] is None]
     if missing:
-        for entry, codes in zip(missing, policies[0].processor.encode_images([entry[1] for entry in missing])):
-            entry[2] = codes
-    return [[entry[2] for entry in entries] for entries in wanted]
+        for (entry, _, slot), codes in zip(missing, policies[0].processor.encode_images([entry[frame] for entry, frame, _ in missing])):
+            entry[slot] = codes
+    return [
+        prompt_frames([entry[2] for entry in entries], [entry[4] for entry in entries] if policy.wrist_camera else None)
+        for policy, entries in zip(policies, wanted)
+    ]
 
 
 @torch.no_grad()
@@ -206,15 +222,18 @@ def _query_chunks(policies, instruction):
     return chunks
 
 
-def select_actions(policies, frames, instruction):
-    """`select_action` for several environments at once: policy i observes frames[i] and returns its action;
+def select_actions(policies, frames, instruction, wrist_frames=None):
+    """`select_action` for several environments at once: policy i observes frames[i] (and wrist_frames[i]) and
+    returns its action;
     the policies whose queue is empty are queried together, in one batched forward of their shared model (on a
     GPU, the cost of one query for all of them). The policies come from `for_another_env` of one policy."""
     if len(policies) != len(frames):
         raise ValueError(f"{len(policies)} policies but {len(frames)} frames")
-    for policy, frame in zip(policies, frames):
+    if wrist_frames is not None and len(wrist_frames) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(wrist_frames)} wrist frames")
+    for index, (policy, frame) in enumerate(zip(policies, frames)):
         policy._check_instruction(instruction)
-        policy.observe(frame)
+        policy.observe(frame, None if wrist_frames is None else wrist_frames[index])
     querying = [policy for policy in policies if not policy._action_queue]
     if querying:
         for policy, chunk in zip(querying, _query_chunks(querying, instruction)):

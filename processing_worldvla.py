@@ -10,6 +10,7 @@ It bundles
 
 Sample formats (WorldVLA, section "training samples" of the paper and the release):
   action model: [BOS] "What action should the robot take to {instruction}?" [img t-1][img t] [SEP]
+                (with `wrist_camera`: [img t-1][wrist t-1][img t][wrist t])
                 then K x ([action start] 7 bins [action end]) [SEP] as the labelled answer;
   world model:  [BOS] "Generate the next image based on ... actions." [img t][action t] [SEP]
                 then [img t+1] [SEP] as the labelled answer.
@@ -79,6 +80,25 @@ def history_indices(step, history_frames):
     if step < 0 or history_frames < 1:
         raise ValueError(f"history of step {step} with {history_frames} frames")
     return range(max(0, step - history_frames + 1), step + 1)
+
+
+def uses_wrist_camera(config):
+    """Whether a model's action prompts show the wrist camera; configs of code files written before the option
+    have no such field and never do."""
+    return bool(getattr(config, "wrist_camera", False))
+
+
+def prompt_frames(third_person, wrist=None):
+    """The frames (or their codes) of an action prompt from those of its history steps, oldest first: each step's
+    third-person frame, followed by its wrist frame for a model with `wrist_camera` (the one rule, used both to
+    build training samples and by `WorldVLAPolicy`)."""
+    third_person = list(third_person)
+    if wrist is None:
+        return third_person
+    wrist = list(wrist)
+    if len(wrist) != len(third_person):
+        raise ValueError(f"{len(third_person)} third-person frames but {len(wrist)} wrist frames")
+    return [frame for step in zip(third_person, wrist) for frame in step]
 
 
 def build_text_tokenizer(texts, vocab_size=512):
@@ -510,7 +530,8 @@ class WorldVLAProcessor(ProcessorMixin):
         """Action prompts for the policy.
 
         text: an instruction, or a list of B instructions; images: the history frames of one prompt (a list of
-        uint8 (H, W, 3) arrays, oldest first), or a list of B such lists. Returns a right-padded BatchFeature
+        uint8 (H, W, 3) arrays, oldest first; for a `wrist_camera` model each step's third-person frame then its
+        wrist frame, `prompt_frames`), or a list of B such lists. Returns a right-padded BatchFeature
         with `input_ids` and `attention_mask`.
         """
         if text is None or images is None:

@@ -43,14 +43,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from processing_worldvla import IMAGE_CONVENTIONS, history_indices, upright_frames, vq_fingerprint
+from processing_worldvla import IMAGE_CONVENTIONS, history_indices, prompt_frames, upright_frames, vq_fingerprint
 
 logger = logging.getLogger(__name__)
 
 # Bump when the episode rows change meaning, so old caches are not reused.
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = 4
 NOOP_THRESHOLD = 1e-4
 THIRD_PERSON_FRAMES = "obs/agentview_rgb"
+WRIST_FRAMES = "obs/eye_in_hand_rgb"
 REQUIRED_DEMO_KEYS = ("actions", THIRD_PERSON_FRAMES)
 # Perturbed demos (scripts/collect_demos.py --perturb): the expert's own actions, which `actions` executed perturbed.
 EXPERT_ACTIONS = "expert_actions"
@@ -156,33 +157,38 @@ def check_actions(actions, where, name="actions"):
         raise LiberoDataError(f"{where}: {name} contain NaN or inf ({int(bad.sum())} values, first at step {step}, dim {dim})")
 
 
-def read_demo(group, path, demo):
+def read_demo(group, path, demo, wrist_camera=False):
     """(actions (T, 7) float64 as executed, expert_actions (T, 7) float64: the labels, the same array unless the
-    demo is perturbed, frames (T, H, W, 3) uint8 as stored) of one demo, validated."""
+    demo is perturbed, {frame key: frames (T, H, W, 3) uint8 as stored}) of one demo, validated; the frames of the
+    third-person camera, and of the wrist camera with `wrist_camera`."""
     where = f"{path}, data/{demo}"
-    missing = [key for key in REQUIRED_DEMO_KEYS if key not in group]
+    required = (*REQUIRED_DEMO_KEYS, WRIST_FRAMES) if wrist_camera else REQUIRED_DEMO_KEYS
+    missing = [key for key in required if key not in group]
     if missing:
-        raise LiberoDataError(f"{where}: missing {missing} (a LIBERO demo needs {list(REQUIRED_DEMO_KEYS)})")
+        hint = " (a wrist_camera model needs the wrist camera: collect_demos.py --cameras agentview,eye_in_hand)" if WRIST_FRAMES in missing else ""
+        raise LiberoDataError(f"{where}: missing {missing} (a LIBERO demo needs {list(required)}){hint}")
+    frame_keys = required[1:]
     try:
         actions = np.asarray(group["actions"][()], dtype=np.float64)
         expert_actions = np.asarray(group[EXPERT_ACTIONS][()], dtype=np.float64) if EXPERT_ACTIONS in group else actions
-        frames = group[THIRD_PERSON_FRAMES][()]
+        frames = {key: group[key][()] for key in frame_keys}
     except OSError as error:  # a damaged chunk: h5py's message names no file
         raise LiberoDataError(f"{where}: unreadable data, the file is damaged ({error})") from None
     check_actions(actions, where)
     check_actions(expert_actions, where, EXPERT_ACTIONS)
     if expert_actions.shape != actions.shape:
         raise LiberoDataError(f"{where}: {len(actions)} actions but {len(expert_actions)} {EXPERT_ACTIONS}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise LiberoDataError(f"{where}: {THIRD_PERSON_FRAMES} must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if len(frames) != len(actions):
-        raise LiberoDataError(f"{where}: {len(actions)} actions but {len(frames)} {THIRD_PERSON_FRAMES} frames")
+    for key, camera_frames in frames.items():
+        if camera_frames.ndim != 4 or camera_frames.shape[-1] != 3 or camera_frames.dtype != np.uint8:
+            raise LiberoDataError(f"{where}: {key} must be uint8 (T, H, W, 3), got {camera_frames.dtype} {camera_frames.shape}")
+        if len(camera_frames) != len(actions):
+            raise LiberoDataError(f"{where}: {len(actions)} actions but {len(camera_frames)} {key} frames")
     return actions, expert_actions, frames
 
 
-def read_libero_file(path, image_size):
+def read_libero_file(path, image_size, wrist_camera=False):
     """Yield one cleaned episode per data/demo_N (numeric order): dict of instruction, demo, frames, actions,
-    expert_actions."""
+    expert_actions, and wrist_frames with `wrist_camera`."""
     path = Path(path)
     with open_libero_file(path) as file:
         if "data" not in file:
@@ -194,7 +200,8 @@ def read_libero_file(path, image_size):
             raise LiberoDataError(f"{path}: no data/demo_N groups")
         warned = False
         for demo in demos:
-            actions, expert_actions, frames = read_demo(file["data"][demo], path, demo)
+            actions, expert_actions, camera_frames = read_demo(file["data"][demo], path, demo, wrist_camera)
+            frames = camera_frames[THIRD_PERSON_FRAMES]
             if frames.shape[1:3] != (image_size, image_size) and not warned:
                 logger.warning(
                     "%s: frames are stored at %dx%d, the model takes %dx%d: resizing (bicubic); frames rendered at "
@@ -204,7 +211,7 @@ def read_libero_file(path, image_size):
                 )
                 warned = True
             keep = kept_steps(actions, expert_actions)
-            yield {
+            episode = {
                 "instruction": instruction,
                 "demo": demo,
                 "raw_length": len(actions),
@@ -212,6 +219,9 @@ def read_libero_file(path, image_size):
                 "expert_actions": expert_actions[keep],
                 "frames": resize_frames(upright_frames(frames[keep], convention), image_size),
             }
+            if wrist_camera:
+                episode["wrist_frames"] = resize_frames(upright_frames(camera_frames[WRIST_FRAMES][keep], convention), image_size)
+            yield episode
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ def read_libero_file(path, image_size):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def file_fingerprint(path, image_size, vq_hash):
+def file_fingerprint(path, image_size, vq_hash, wrist_camera=False):
     """What decides a file's codes. The file is identified by path, size and modification time rather than by
     hashing its contents (LIBERO files are gigabytes); rewriting a file changes its mtime."""
     stat = Path(path).stat()
@@ -231,25 +241,33 @@ def file_fingerprint(path, image_size, vq_hash):
         "image_size": image_size,
         "vq": vq_hash,
         "noop_threshold": NOOP_THRESHOLD,
+        "wrist_camera": wrist_camera,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def generate_tokenised_episodes(path, image_size, processor):
+def encode_frames(frames, processor, grid):
+    """(T, H, W, 3) uint8 -> (T, grid, grid) int16 VQ codes, in batches."""
+    if not len(frames):  # an episode of no-ops only
+        return np.zeros((0, grid, grid), dtype=np.int16)
+    batches = range(0, len(frames), ENCODE_BATCH_SIZE)
+    codes = torch.cat([processor.encode_images(list(frames[i : i + ENCODE_BATCH_SIZE])) for i in batches])
+    return codes.numpy().astype(np.int16)
+
+
+def generate_tokenised_episodes(path, image_size, processor, wrist_camera=False):
     """`datasets` generator: the episodes of one file with their frames encoded by the processor's VQ."""
     grid = image_size // processor.layout["image_patch_size"]
-    for episode in read_libero_file(path, image_size):
-        frames = episode.pop("frames")
-        codes = np.zeros((0, grid, grid), dtype=np.int16)  # an episode of no-ops only
-        if len(frames):
-            batches = range(0, len(frames), ENCODE_BATCH_SIZE)
-            codes = torch.cat([processor.encode_images(list(frames[i : i + ENCODE_BATCH_SIZE])) for i in batches])
-            codes = codes.numpy().astype(np.int16)
-        yield {**episode, "task": task_name(path), "codes": codes}
+    for episode in read_libero_file(path, image_size, wrist_camera):
+        episode["codes"] = encode_frames(episode.pop("frames"), processor, grid)
+        if wrist_camera:
+            episode["wrist_codes"] = encode_frames(episode.pop("wrist_frames"), processor, grid)
+        yield {**episode, "task": task_name(path)}
 
 
-def tokenised_episodes(data_dir, processor, cache_dir=None):
-    """One `datasets.Dataset` row per episode of every task file, tokenised once and cached.
+def tokenised_episodes(data_dir, processor, cache_dir=None, wrist_camera=False):
+    """One `datasets.Dataset` row per episode of every task file, tokenised once and cached; with `wrist_camera`
+    the wrist camera's codes too (`wrist_codes`).
 
     Each file is its own cached dataset (adding a file tokenises only that file). `datasets` writes a cache to a
     temporary folder and renames it when complete, so an interrupted run leaves nothing that looks finished.
@@ -266,6 +284,7 @@ def tokenised_episodes(data_dir, processor, cache_dir=None):
             "expert_actions": datasets.Array2D(shape=(None, 7), dtype="float64"),
             "task": datasets.Value("string"),
             "codes": datasets.Array3D(shape=(None, grid, grid), dtype="int16"),
+            **({"wrist_codes": datasets.Array3D(shape=(None, grid, grid), dtype="int16")} if wrist_camera else {}),
         }
     )
     vq_hash = vq_fingerprint(processor.vq_model)
@@ -273,10 +292,10 @@ def tokenised_episodes(data_dir, processor, cache_dir=None):
     for path in tqdm(list_task_files(data_dir), desc="tokenising LIBERO files"):
         try:
             episodes = datasets.Dataset.from_generator(
-                partial(generate_tokenised_episodes, path, image_size, processor),
+                partial(generate_tokenised_episodes, path, image_size, processor, wrist_camera),
                 features=features,
                 cache_dir=None if cache_dir is None else str(cache_dir),
-                fingerprint=file_fingerprint(path, image_size, vq_hash),
+                fingerprint=file_fingerprint(path, image_size, vq_hash, wrist_camera),
             )
         except datasets.exceptions.DatasetGenerationError as error:
             # datasets wraps the generator's error in a generic one; the original names the file and demo.
@@ -368,6 +387,7 @@ class Episode:
     codes: np.ndarray  # (T, h, w) int16
     actions: np.ndarray  # (T, 7) float64, as executed
     expert_actions: np.ndarray = None  # (T, 7) float64, the labels; `actions` itself unless the demo is perturbed
+    wrist_codes: np.ndarray = None  # (T, h, w) int16, the wrist camera's codes; None when not read
 
     def __post_init__(self):
         if self.expert_actions is None:
@@ -380,10 +400,13 @@ def load_episodes(episode_rows):
     actions = episode_rows.with_format("numpy", columns=["actions"], dtype=np.float64)["actions"]
     labels = episode_rows.with_format("numpy", columns=[EXPERT_ACTIONS], dtype=np.float64)[EXPERT_ACTIONS]
     codes = episode_rows.with_format("numpy", columns=["codes"])["codes"]
+    wrist_codes = [None] * len(codes)
+    if "wrist_codes" in episode_rows.column_names:
+        wrist_codes = episode_rows.with_format("numpy", columns=["wrist_codes"])["wrist_codes"]
     return [
-        Episode(row["task"], row["demo"], row["instruction"], episode_codes, episode_actions, episode_labels)
-        for row, episode_codes, episode_actions, episode_labels in zip(
-            episode_rows.select_columns(["task", "demo", "instruction"]), codes, actions, labels
+        Episode(row["task"], row["demo"], row["instruction"], episode_codes, episode_actions, episode_labels, episode_wrist)
+        for row, episode_codes, episode_actions, episode_labels, episode_wrist in zip(
+            episode_rows.select_columns(["task", "demo", "instruction"]), codes, actions, labels, wrist_codes
         )
     ]
 
@@ -409,7 +432,12 @@ def sample_index(episodes, chunk_size, kinds=SAMPLE_KINDS):
 class WorldVLASamples(torch.utils.data.Dataset):
     """Training samples built on access: {"input_ids", "labels"} lists from the processor's sample builders."""
 
-    def __init__(self, episodes, processor, unnorm_key, history_frames, chunk_size, kinds=SAMPLE_KINDS):
+    def __init__(self, episodes, processor, unnorm_key, history_frames, chunk_size, kinds=SAMPLE_KINDS, wrist_camera=False):
+        if wrist_camera and "action" in kinds:
+            unread = [f"{episode.task}/{episode.demo}" for episode in episodes if episode.wrist_codes is None]
+            if unread:
+                raise ValueError(f"wrist_camera samples need the wrist camera's codes, not read for {unread[:3]}")
+        self.wrist_camera = wrist_camera
         self.episodes = episodes
         self.processor = processor
         self.unnorm_key = unnorm_key
@@ -427,9 +455,10 @@ class WorldVLASamples(torch.utils.data.Dataset):
         kind, episode_index, t = self.index[item]
         episode = self.episodes[episode_index]
         if kind == "action":
-            history = episode.codes[list(history_indices(t, self.history_frames))]
+            steps = list(history_indices(t, self.history_frames))
+            frames = prompt_frames(episode.codes[steps], episode.wrist_codes[steps] if self.wrist_camera else None)
             actions = episode.expert_actions[t : t + self.chunk_size]
-            return self.processor.build_action_sample(episode.instruction, list(history), actions, self.unnorm_key)
+            return self.processor.build_action_sample(episode.instruction, frames, actions, self.unnorm_key)
         return self.processor.build_world_model_sample(
             [episode.codes[t]], episode.actions[t : t + 1], episode.codes[t + 1], self.unnorm_key
         )

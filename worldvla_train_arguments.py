@@ -34,6 +34,13 @@ class ModelArguments:
         },
     )
     base_model_revision: str | None = field(default=None, metadata={"help": "Revision of --base-model-id recorded with it."})
+    wrist_camera: bool = field(
+        default=False,
+        metadata={"help": "Action prompts show each history step's wrist-camera frame after its third-person frame (RynnVLA-002's third view + wrist; demos need obs/eye_in_hand_rgb). Sets wrist_camera in the model config."},
+    )
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "Longest sequence the model accepts; raise it when --wrist-camera lengthens the prompts of a checkpoint."}
+    )
     residual_dropout: float = field(default=0.05, metadata={"help": "Dropout before each residual add (paper: 0.05)."})
     z_loss_weight: float = field(default=1e-5, metadata={"help": "Weight of mean(logsumexp^2) (paper: 1e-5)."})
     image_loss_weight: float = field(default=0.04, metadata={"help": "Loss weight of image-code targets (paper: 0.04)."})

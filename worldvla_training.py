@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 import worldvla_data
 from configuration_worldvla import IGNORE_INDEX
 from modeling_worldvla import safetensors_problem
-from processing_worldvla import vq_fingerprint
+from processing_worldvla import uses_wrist_camera, vq_fingerprint
 from worldvla_cli import configure_logging
 from worldvla_results import publish_folder, staging_folder
 from worldvla_train_arguments import ACTION_STATS_MODES, TrainingRecipe
@@ -59,6 +59,10 @@ def load_model_and_processor(model_args, on_cuda):
         "image_loss_weight": model_args.image_loss_weight,
         "use_cache": False,
     }
+    if model_args.wrist_camera:
+        overrides["wrist_camera"] = True
+    if model_args.max_position_embeddings is not None:
+        overrides["max_position_embeddings"] = model_args.max_position_embeddings
     if model_args.from_scratch_config == "small":
         sys.path.insert(0, str(ROOT))
         from scripts.build_small_checkpoint import build_small_worldvla
@@ -94,6 +98,11 @@ def load_model_and_processor(model_args, on_cuda):
         )
         processor = AutoProcessor.from_pretrained(
             model_args.processor or model_args.model, revision=model_args.revision, trust_remote_code=True
+        )
+    if model_args.wrist_camera and not hasattr(type(model.config), "cameras_per_step"):
+        raise ValueError(
+            f"{model_args.model}: its code files predate the wrist camera; copy this repository's configuration_worldvla.py, "
+            "modeling_worldvla.py and processing_worldvla.py into it to train it with --wrist-camera"
         )
     processor.check_compatible(model.config)
     # The VQ lives in the processor, outside the trained model; it only encodes the data, in eval mode.
@@ -140,7 +149,9 @@ def adapter_base(model_args):
 def build_datasets(data_args, processor, config, training_args):
     """(train samples, {"ind": ..., "ood": ...} validation samples, summary dict); adds the statistics to the processor."""
     with training_args.main_process_first(desc="tokenising the demonstrations"):
-        rows = worldvla_data.tokenised_episodes(data_args.data_dir, processor, data_args.data_cache_dir)
+        rows = worldvla_data.tokenised_episodes(
+            data_args.data_dir, processor, data_args.data_cache_dir, wrist_camera=uses_wrist_camera(config)
+        )
     episodes = worldvla_data.load_episodes(rows)
     splits = worldvla_data.split_episodes([episode.task for episode in episodes], data_args.val_split)
     by_split = {name: [e for e, s in zip(episodes, splits) if s == name] for name in ("train", "val_ind", "val_ood")}
@@ -156,7 +167,8 @@ def build_datasets(data_args, processor, config, training_args):
 
     def samples(split_episodes):
         return worldvla_data.WorldVLASamples(
-            split_episodes, processor, dataset_key, config.history_frames, config.action_chunk_size, kinds
+            split_episodes, processor, dataset_key, config.history_frames, config.action_chunk_size, kinds,
+            wrist_camera=uses_wrist_camera(config),
         )
 
     train = samples(by_split["train"])

@@ -1,7 +1,7 @@
 """Benchmark: the cost of a LIBERO evaluation episode, part by part, and evaluation throughput with 1 or 2 workers.
 
 Split (one process): closed-loop episodes of a WorldVLA checkpoint (default: the shipped one) through the code
-`eval_libero.py` runs (`WorldVLAPolicy`, `libero_sim.env.make_env` with the policy's camera only, `run_episode`),
+`eval_libero.py` runs (`WorldVLAPolicy`, `libero_sim.env.make_env` with the policy's cameras only, `run_episode`),
 timed from the outside (wrappers on the functions, the real code unchanged):
 
   reset        `reset_to_initial_state`: the scene rebuilt by `env.reset()` and the recorded state set;
@@ -97,7 +97,7 @@ def split_episodes(model, task_ids, trials, max_steps, threads):
         task = suite.get_task(task_id)
         initial_states = suite.get_task_init_states(task_id)
         env = libero_env.make_env(
-            suite.get_task_bddl_file_path(task_id), camera_names=(libero_env.THIRD_PERSON_CAMERA,), resolution=policy.image_size
+            suite.get_task_bddl_file_path(task_id), camera_names=policy.camera_names, resolution=policy.image_size
         )
         try:
             for trial in trials:

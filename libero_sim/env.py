@@ -257,6 +257,13 @@ def third_person_frame(obs):
     return upright_frames(obs[THIRD_PERSON_CAMERA + "_image"], "opengl")
 
 
+def wrist_frame(obs):
+    """The wrist (eye-in-hand) camera's image of an observation, upright like the third-person one."""
+    from processing_worldvla import upright_frames
+
+    return upright_frames(obs[WRIST_CAMERA + "_image"], "opengl")
+
+
 @dataclass
 class EpisodeResult:
     """What one closed-loop episode did. `actions` and `states` include the waiting steps, so

@@ -75,7 +75,8 @@ def build_small_worldvla(
     image_tokens = 3 + grid * (grid + 1) + 1
     if max_position_embeddings is None:
         # Room for the longest sample: history frames plus a chunk, or a world-model pair and its answer.
-        max_position_embeddings = 64 + (history_frames + 1) * image_tokens + (action_chunk_size + 1) * 9
+        cameras = 2 if config_kwargs.get("wrist_camera") else 1
+        max_position_embeddings = 64 + (history_frames * cameras + 1) * image_tokens + (action_chunk_size + 1) * 9
     config = WorldVLAConfig(
         **layout,
         hidden_size=hidden_size,
@@ -111,6 +112,7 @@ def main():
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=5, help="actions per chunk (K)")
     parser.add_argument("--history-frames", type=int, default=2, help="frames the policy sees (M)")
+    parser.add_argument("--wrist-camera", action="store_true", help="each history step shows the wrist camera's frame too")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -130,6 +132,7 @@ def main():
         codebook_size=args.codebook_size,
         seed=args.seed,
         processor=processor,
+        wrist_camera=args.wrist_camera,
     )
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)

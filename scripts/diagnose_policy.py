@@ -18,7 +18,6 @@ hand still above the object shows it here, without the simulator and without com
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import worldvla_data  # noqa: E402
-from processing_worldvla import history_indices  # noqa: E402
+from processing_worldvla import history_indices, prompt_frames, uses_wrist_camera  # noqa: E402
 from worldvla_cli import HelpFormatter  # noqa: E402
 from worldvla_results import write_json_atomically  # noqa: E402
 
@@ -58,8 +57,9 @@ def decode_chunks(model, processor, steps, one_frame, action_mask, batch_size):
         for start in range(0, len(steps), batch_size):
             samples = []
             for episode, t in steps[start : start + batch_size]:
-                frames = [t] if one_frame else list(history_indices(t, config.history_frames))
-                samples.append(processor.build_action_sample(episode.instruction, list(episode.codes[frames])))
+                steps_seen = [t] if one_frame else list(history_indices(t, config.history_frames))
+                wrist = episode.wrist_codes[steps_seen] if uses_wrist_camera(config) else None
+                samples.append(processor.build_action_sample(episode.instruction, prompt_frames(episode.codes[steps_seen], wrist)))
             batch = processor.pad(samples)
             decoding = "parallel" if action_mask else "sequential"
             tokens.append(model.generate_action_tokens(batch["input_ids"], batch["attention_mask"], decoding=decoding).numpy())
@@ -155,7 +155,9 @@ def main(argv=None):
 
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    episodes = worldvla_data.load_episodes(worldvla_data.tokenised_episodes(args.data_dir, processor, args.cache_dir))
+    episodes = worldvla_data.load_episodes(
+        worldvla_data.tokenised_episodes(args.data_dir, processor, args.cache_dir, wrist_camera=uses_wrist_camera(model.config))
+    )
     splits = worldvla_data.split_episodes([episode.task for episode in episodes], args.val_split)
     chunk = model.config.action_chunk_size
     results, first_close_results = {}, {}

@@ -80,6 +80,9 @@ def parse_args(argv=None):
     model.add_argument("--heads", type=int, default=4)
     model.add_argument("--chunk-size", type=int, default=5, help="K")
     model.add_argument("--history-frames", type=int, default=2, help="M")
+    model.add_argument("--wrist-camera", action="store_true",
+                       help="action prompts show each step's wrist-camera frame after its third-person frame (demos "
+                       "rendered with both cameras); with --continue-from, a third-person model gets room for them")
     train = parser.add_argument_group("training")
     train.add_argument("--continue-from", default=None, help="a trained model folder to train further (skips vq and init)")
     train.add_argument("--train-steps", type=int, default=2400)
@@ -110,15 +113,30 @@ def tokenizer_evaluation(args):
     return Path(args.work_dir) / "vq" / "eval"
 
 
+def wrist_camera_room(continue_from):
+    """train.py options that make room for the wrist frames when a third-person model continues with the wrist
+    camera: each of its history steps gains a frame."""
+    if not continue_from:
+        return []
+    from configuration_worldvla import WorldVLAConfig
+
+    config = WorldVLAConfig.from_pretrained(continue_from)
+    if config.wrist_camera:
+        return []
+    room = config.max_position_embeddings + config.history_frames * config.image_sequence_length
+    return ["--max-position-embeddings", str(room)]
+
+
 def stage_commands(args):
     """{stage: [argv, ...]}: the commands each stage runs (several for parallel demo collection)."""
     work = Path(args.work_dir)
     data_dir = Path(args.data_dir or f"data/{args.suite}_{args.resolution}")
     python = sys.executable
     task_groups = [",".join(str(t) for t in range(10) if t % args.workers == w) for w in range(args.workers)]
+    cameras = "agentview,eye_in_hand" if args.wrist_camera else "agentview"
     demos = [
         [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
-         "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", "agentview",
+         "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", cameras,
          "--seed", str(args.seed), "--perturb", str(args.perturb), "--output-dir", str(data_dir)]
         for group in task_groups
     ]
@@ -132,8 +150,11 @@ def stage_commands(args):
         init = [[python, "scripts/build_small_checkpoint.py", "--processor", str(trained_processor(args)),
                  "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
                  "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
-                 "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed)]]
+                 "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed),
+                 *(["--wrist-camera"] if args.wrist_camera else [])]]
         start = ["--from-scratch-config", str(work / "init" / "config.json"), "--processor", str(work / "init")]
+    if args.wrist_camera:
+        start += ["--wrist-camera", *wrist_camera_room(args.continue_from)]
     train = [[python, "train.py", *start, "--data-dir", str(data_dir), "--data-cache-dir", str(work / "cache"), "--dataset-key", args.suite,
               "--val-split", "episodes", "--max-eval-samples", "512", "--output-dir", str(work / "train"),
               "--max-steps", str(args.train_steps), "--global-batch-size", str(args.batch_size),

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval_libero import LiberoWorldVLA, episode_seed, seed_episode  # noqa: E402
-from libero_sim.env import CLASSIC_SUITES, THIRD_PERSON_CAMERA, get_suite, make_env, max_policy_steps, run_episode, task_instruction  # noqa: E402
+from libero_sim.env import CLASSIC_SUITES, get_suite, make_env, max_policy_steps, run_episode, task_instruction  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import write_json_atomically  # noqa: E402
 
@@ -110,7 +110,7 @@ def main(argv=None):
         from policy_worldvla import WorldVLAPolicy
 
         policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model))
-        env = make_env(bddl_file, camera_names=(THIRD_PERSON_CAMERA,), resolution=policy.image_size)
+        env = make_env(bddl_file, camera_names=policy.camera_names, resolution=policy.image_size)
     else:
         from libero_sim.expert import ScriptedExpert
 

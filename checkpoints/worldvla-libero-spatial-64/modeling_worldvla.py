@@ -785,6 +785,12 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
         dtype, device = inputs_embeds.dtype, inputs_embeds.device
 
         past_length = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
+        if past_length + length > self.config.max_position_embeddings:
+            # RoPE would accept any position: a sample longer than the context the config declares trains silently.
+            raise ValueError(
+                f"a sequence of {past_length + length} tokens exceeds the context of {self.config.max_position_embeddings} "
+                "(max_position_embeddings): raise it (train.py --max-position-embeddings) or shorten the samples"
+            )
         if attention_mask is None or attention_mask.ndim == 2:
             if input_ids is None:
                 raise ValueError(
@@ -1191,10 +1197,12 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         chunk, block = config.action_chunk_size, config.action_block_length
         attention_mask = self._check_prompt(input_ids, attention_mask, chunk * block)
         frames = ((input_ids == config.token_layout.image_start_token_id) & attention_mask.bool()).sum(-1)
-        if int(frames.max()) > config.history_frames:
+        most_frames = config.history_frames * config.cameras_per_step
+        if int(frames.max()) > most_frames:
             raise ValueError(
                 f"an action prompt holds {int(frames.max())} frames; this model was trained on at most "
-                f"history_frames={config.history_frames} (pass the last {config.history_frames})"
+                f"history_frames={config.history_frames}{' steps, each with its wrist frame,' if config.wrist_camera else ''} "
+                f"(pass the last {most_frames})"
             )
         if decoding == "sequential":
             grammar = ActionChunkLogitsProcessor(config, input_ids.shape[1])
