@@ -269,3 +269,38 @@ def test_environments_stepped_in_lockstep_give_the_episodes_run_one_by_one(small
         assert alone.shape == (23, 64, 64, 3)
         np.testing.assert_array_equal(alone, batched)
     assert not np.array_equal(runs[1][0][3], runs[1][1][3])  # the trials' scenes differ: the comparison has teeth
+
+
+def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, monkeypatch):
+    """A `wrist_camera` model gets each step's wrist frame beside the third-person one from the simulator: its
+    queries hold two frames per history step and each frame is encoded once."""
+    from policy_worldvla import WorldVLAPolicy
+    from scripts.build_small_checkpoint import build_small_worldvla
+
+    model, processor = build_small_worldvla(seed=0, wrist_camera=True)
+    model.save_pretrained(tmp_path / "wrist")
+    processor.save_pretrained(tmp_path / "wrist")
+    loaded = WorldVLAPolicy.from_pretrained(str(tmp_path / "wrist"), device="cpu")
+    model_class, processor_class = type(loaded.model), type(loaded.processor)
+    queries, encoded = [], []
+    generate_action_tokens, encode_images = model_class.generate_action_tokens, processor_class.encode_images
+
+    def recording_generate(self, input_ids, attention_mask=None, decoding="parallel"):
+        queries.append((input_ids == self.config.token_layout.image_start_token_id).sum(-1).tolist())
+        return generate_action_tokens(self, input_ids, attention_mask, decoding=decoding)
+
+    def recording_encode(self, images):
+        encoded.append([np.array(image) for image in images])
+        return encode_images(self, images)
+
+    monkeypatch.setattr(model_class, "generate_action_tokens", recording_generate)
+    monkeypatch.setattr(processor_class, "encode_images", recording_encode)
+    summary = eval_libero.main([
+        "--model", str(tmp_path / "wrist"), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
+        "--max-steps", "6", "--device", "cpu", "--output-dir", str(tmp_path / "eval"),
+    ])
+    assert summary["errors"] == 0 and lines(tmp_path / "eval" / "episodes.jsonl")[0]["steps"] == 6
+    assert queries == [[2], [4]]  # steps 0 and 5: one step of two cameras, then two steps
+    assert [len(images) for images in encoded] == [2, 4]  # steps 4 and 5, each camera once
+    third_person, wrist = encoded[0]
+    assert third_person.shape == wrist.shape == (64, 64, 3) and np.abs(third_person.astype(int) - wrist).mean() > 10
