@@ -27,6 +27,7 @@ statistics the processor does not have, or a chunk that is not K finite actions 
 
 import copy
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,7 @@ class WorldVLAPolicy:
     def reset(self):
         """Forget the history and the queued actions: call at the start of every episode."""
         self._steps = 0
-        # [step, frame, codes or None, wrist frame or None, wrist codes or None]
-        self._history = deque(maxlen=self.history_frames)
+        self._history = deque(maxlen=self.history_frames)  # ObservedStep
         self._action_queue = deque()
         self._instruction = None
 
@@ -143,7 +143,11 @@ class WorldVLAPolicy:
 
     def observe(self, frame, wrist_frame=None):
         """Record one control step's frames in the history (done by `select_action` and `predict_action_chunk`)."""
-        self._history.append([self._steps, self._check_frame(frame), None, self._check_wrist_frame(wrist_frame), None])
+        frames = (self._check_frame(frame),)
+        wrist_frame = self._check_wrist_frame(wrist_frame)
+        if wrist_frame is not None:
+            frames += (wrist_frame,)
+        self._history.append(ObservedStep(self._steps, frames, [None] * len(frames)))
         self._steps += 1
 
     def history_codes(self):
@@ -154,7 +158,7 @@ class WorldVLAPolicy:
     def _wanted_history(self):
         if not self._history:
             raise RuntimeError("no frame observed since reset(): pass the current frame first")
-        by_step = {entry[0]: entry for entry in self._history}
+        by_step = {entry.step: entry for entry in self._history}
         return [by_step[step] for step in history_indices(self._steps - 1, self.history_frames)]
 
     def for_another_env(self):
@@ -183,16 +187,26 @@ class WorldVLAPolicy:
         return self._action_queue.popleft()
 
 
+@dataclass
+class ObservedStep:
+    """One control step of a policy's history: its frames (the third-person camera's, then the wrist camera's for
+    a `wrist_camera` model) and their VQ codes, None until encoded."""
+
+    step: int
+    frames: tuple
+    codes: list
+
+
 def _history_codes(policies):
     """The prompt codes of each policy, the frames not yet encoded encoded together in one VQ call."""
     wanted = [policy._wanted_history() for policy in policies]
-    # (entry, index of the frame in it, index its codes go to) of each frame not yet encoded
-    missing = [(entry, frame, frame + 1) for entries in wanted for entry in entries for frame in (1, 3) if entry[frame] is not None and entry[frame + 1] is None]
+    missing = [(entry, camera) for entries in wanted for entry in entries for camera, codes in enumerate(entry.codes) if codes is None]
     if missing:
-        for (entry, _, slot), codes in zip(missing, policies[0].processor.encode_images([entry[frame] for entry, frame, _ in missing])):
-            entry[slot] = codes
+        encoded = policies[0].processor.encode_images([entry.frames[camera] for entry, camera in missing])
+        for (entry, camera), codes in zip(missing, encoded):
+            entry.codes[camera] = codes
     return [
-        prompt_frames([entry[2] for entry in entries], [entry[4] for entry in entries] if policy.wrist_camera else None)
+        prompt_frames([entry.codes[0] for entry in entries], [entry.codes[1] for entry in entries] if policy.wrist_camera else None)
         for policy, entries in zip(policies, wanted)
     ]
 
