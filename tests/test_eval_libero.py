@@ -202,6 +202,29 @@ def small_checkpoint(tmp_path_factory):
     return folder
 
 
+def record_queries(checkpoint, monkeypatch):
+    """(queries, encoded), filled as the evaluation runs: the frames of each action prompt, the images of each VQ
+    call. Patched on the classes of the checkpoint's own code (trust_remote_code), which the evaluation loads."""
+    from policy_worldvla import WorldVLAPolicy
+
+    loaded = WorldVLAPolicy.from_pretrained(str(checkpoint), device="cpu")
+    model_class, processor_class = type(loaded.model), type(loaded.processor)
+    queries, encoded = [], []
+    generate_action_tokens, encode_images = model_class.generate_action_tokens, processor_class.encode_images
+
+    def recording_generate(self, input_ids, attention_mask=None, decoding="parallel"):
+        queries.append((input_ids == self.config.token_layout.image_start_token_id).sum(-1).tolist())
+        return generate_action_tokens(self, input_ids, attention_mask, decoding=decoding)
+
+    def recording_encode(self, images):
+        encoded.append([np.array(image) for image in images])
+        return encode_images(self, images)
+
+    monkeypatch.setattr(model_class, "generate_action_tokens", recording_generate)
+    monkeypatch.setattr(processor_class, "encode_images", recording_encode)
+    return queries, encoded
+
+
 def test_a_bad_unnorm_key_stops_before_the_first_episode(small_checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="unnorm_key 'bridge' has no action statistics"):
         eval_libero.main(["--model", str(small_checkpoint), "--unnorm-key", "bridge", "--tasks", "0", "--trials", "1",
@@ -213,24 +236,7 @@ def test_worldvla_checkpoint_runs_through_the_protocol(small_checkpoint, tmp_pat
     """A small random WorldVLA (64-px frames) drives the simulator through WorldVLAPolicy: its chunks are executed
     open loop, the first query sees one frame and the later ones the previous step's frame too, and every frame
     a query sees is encoded once."""
-    from policy_worldvla import WorldVLAPolicy
-
-    # The classes of the checkpoint's own code (trust_remote_code), which the evaluation loads.
-    loaded = WorldVLAPolicy.from_pretrained(str(small_checkpoint), device="cpu")
-    model_class, processor_class = type(loaded.model), type(loaded.processor)
-    queries, encoded = [], []
-    generate_action_tokens, encode_images = model_class.generate_action_tokens, processor_class.encode_images
-
-    def recording_generate(self, input_ids, attention_mask=None, decoding="parallel"):
-        queries.append((input_ids == self.config.token_layout.image_start_token_id).sum(-1).tolist())
-        return generate_action_tokens(self, input_ids, attention_mask, decoding=decoding)
-
-    def counting_encode(self, images):
-        encoded.append(len(images))
-        return encode_images(self, images)
-
-    monkeypatch.setattr(model_class, "generate_action_tokens", recording_generate)
-    monkeypatch.setattr(processor_class, "encode_images", counting_encode)
+    queries, encoded = record_queries(small_checkpoint, monkeypatch)
     summary = eval_libero.main([
         "--model", str(small_checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
         "--max-steps", "12", "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "--save-video",
@@ -240,7 +246,7 @@ def test_worldvla_checkpoint_runs_through_the_protocol(small_checkpoint, tmp_pat
     assert summary["settings"]["max_steps"] == 12 and summary["errors"] == 0
     assert summary["settings"]["unnorm_key"] == "libero"
     assert queries == [[1], [2], [2]]  # K = 5: queries at steps 0, 5 and 10, of one frame, then two
-    assert encoded == [1, 2, 2]  # steps 4 and 5, then 9 and 10: none of them seen before
+    assert [len(images) for images in encoded] == [1, 2, 2]  # steps 4 and 5, then 9 and 10: none of them seen before
 
     import imageio.v3 as iio
 
@@ -274,27 +280,12 @@ def test_environments_stepped_in_lockstep_give_the_episodes_run_one_by_one(small
 def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, monkeypatch):
     """A `wrist_camera` model gets each step's wrist frame beside the third-person one from the simulator: its
     queries hold two frames per history step and each frame is encoded once."""
-    from policy_worldvla import WorldVLAPolicy
     from scripts.build_small_checkpoint import build_small_worldvla
 
     model, processor = build_small_worldvla(seed=0, wrist_camera=True)
     model.save_pretrained(tmp_path / "wrist")
     processor.save_pretrained(tmp_path / "wrist")
-    loaded = WorldVLAPolicy.from_pretrained(str(tmp_path / "wrist"), device="cpu")
-    model_class, processor_class = type(loaded.model), type(loaded.processor)
-    queries, encoded = [], []
-    generate_action_tokens, encode_images = model_class.generate_action_tokens, processor_class.encode_images
-
-    def recording_generate(self, input_ids, attention_mask=None, decoding="parallel"):
-        queries.append((input_ids == self.config.token_layout.image_start_token_id).sum(-1).tolist())
-        return generate_action_tokens(self, input_ids, attention_mask, decoding=decoding)
-
-    def recording_encode(self, images):
-        encoded.append([np.array(image) for image in images])
-        return encode_images(self, images)
-
-    monkeypatch.setattr(model_class, "generate_action_tokens", recording_generate)
-    monkeypatch.setattr(processor_class, "encode_images", recording_encode)
+    queries, encoded = record_queries(tmp_path / "wrist", monkeypatch)
     summary = eval_libero.main([
         "--model", str(tmp_path / "wrist"), "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
         "--max-steps", "6", "--device", "cpu", "--output-dir", str(tmp_path / "eval"),
