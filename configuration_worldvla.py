@@ -440,6 +440,13 @@ class WorldVLAConfig(PretrainedConfig):
         use_action_attention_mask (`bool`, True): True is WorldVLA's rule (an action block after the last image
             does not see earlier action blocks); False is a plain causal mask.
 
+    Decoding:
+        action_bin_window (`int`, 1): an action bin is decoded as the most likely bin inside the window of this many
+            neighbouring bins that holds the most probability; 1 is the plain argmax, the release's greedy decoding.
+            With 256 bins a broad mode spreads its probability over many bins while a saturated action (+-1, the
+            gripper's or a clipped motion's) puts all of its own into one: a wider window stops a small narrow
+            mode from beating a likelier broad one.
+
     Runtime:
         use_cache (`bool`, True): whether forward passes return a KV cache by default. Training turns it off; a
             saved config always says True, so that no training setting reaches a published checkpoint.
@@ -493,6 +500,7 @@ class WorldVLAConfig(PretrainedConfig):
         z_loss_weight=1e-5,
         loss_chunk_size=1024,
         use_action_attention_mask=True,
+        action_bin_window=1,
         use_cache=True,
         **kwargs,
     ):
@@ -536,6 +544,7 @@ class WorldVLAConfig(PretrainedConfig):
         self.z_loss_weight = z_loss_weight
         self.loss_chunk_size = loss_chunk_size
         self.use_action_attention_mask = use_action_attention_mask
+        self.action_bin_window = action_bin_window
         self.use_cache = use_cache
 
         kwargs.setdefault("eos_token_id", separator_token_id)
@@ -676,6 +685,12 @@ class WorldVLAConfig(PretrainedConfig):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        window = self.action_bin_window
+        if not _is_int(window) or window < 1 or window % 2 == 0 or window > self.n_action_bins:
+            raise ValueError(
+                f"`action_bin_window` must be an odd integer from 1 (plain argmax) to `n_action_bins` "
+                f"({self.n_action_bins}), got {window!r}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "

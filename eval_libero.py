@@ -138,6 +138,7 @@ def load_policy(config):
             n_action_steps=config["n_action_steps"],
             decoding=config["decoding"],
             dtype=getattr(torch, config["dtype"]),
+            **({} if config.get("action_bin_window") is None else {"action_bin_window": config["action_bin_window"]}),
         )
     except OSError as error:
         raise SystemExit(f"Could not load the model {config['model']!r} (revision {config['revision']}): {error}") from error
@@ -449,7 +450,18 @@ def work_units(pending, num_workers):
 
 
 # What decides an episode's outcome: a results folder holds episodes of one set of these only.
-OUTCOME_SETTINGS = ("policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype")
+OUTCOME_SETTINGS = (
+    "policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype",
+    "action_bin_window",
+)
+# A model's results written before a setting existed ran with what is now its default.
+MODEL_SETTING_DEFAULTS = {"action_bin_window": 1}
+
+
+def recorded_setting(settings, name):
+    if name in settings or settings.get("policy") != "worldvla":
+        return settings.get(name)
+    return MODEL_SETTING_DEFAULTS.get(name)
 
 
 def parse_trials(spec, num_states):
@@ -494,7 +506,11 @@ def check_settings(output_dir, settings):
     path = output_dir / SETTINGS_FILE
     if path.exists():
         recorded = json.loads(path.read_text())
-        different = {k: (recorded.get(k), settings.get(k)) for k in OUTCOME_SETTINGS if recorded.get(k) != settings.get(k)}
+        different = {
+            k: (recorded_setting(recorded, k), settings.get(k))
+            for k in OUTCOME_SETTINGS
+            if recorded_setting(recorded, k) != settings.get(k)
+        }
         if different:
             raise SystemExit(
                 f"{output_dir} holds episodes run with other settings {different} (recorded, now): use another "
@@ -516,6 +532,7 @@ def evaluate(config):
     if config["policy"] == "worldvla":
         config["resolved_unnorm_key"] = policy.policy.unnorm_key
         config["model_resolved"] = getattr(policy.policy.model.config, "_name_or_path", None)
+        config["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
     settings = outcome_settings(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(output_dir, settings)
@@ -572,7 +589,11 @@ def merge_results(folders, output_dir):
         these = json.loads(path.read_text())
         if settings is None:
             settings = these
-        different = {k: (settings.get(k), these.get(k)) for k in OUTCOME_SETTINGS if settings.get(k) != these.get(k)}
+        different = {
+            k: (recorded_setting(settings, k), recorded_setting(these, k))
+            for k in OUTCOME_SETTINGS
+            if recorded_setting(settings, k) != recorded_setting(these, k)
+        }
         if different:
             raise SystemExit(f"{folder} was run with other settings than {folders[0]}: {different}")
         folder_records = read_jsonl(folder / EPISODES_FILE, "episode")
@@ -654,6 +675,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--n-action-steps", type=int, default=None, help="actions of a chunk executed before the next query (default: all K, the paper's open loop)")
     parser.add_argument("--decoding", choices=("parallel", "sequential"), default="parallel", help="how a chunk's action tokens are decoded")
+    parser.add_argument(
+        "--action-bin-window", type=int, default=None,
+        help="decode each action bin as the likeliest bin of the likeliest window of this many bins (odd; 1: the "
+        "release's argmax; default: the checkpoint's config)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's policy-step limit (smoke tests only: reported numbers use the protocol's)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_DIR", help="instead of running: merge these results folders into --output-dir")
     args = parser.parse_args(argv)

@@ -906,14 +906,30 @@ def _check_finite(tensor, what):
         )
 
 
+def windowed_bin_argmax(bin_logits, window):
+    """The bins (...) decoded from logits over the action bins (..., n_bins): the most likely bin inside the window
+    of `window` neighbouring bins that holds the most probability (`config.action_bin_window`). 1 is the argmax."""
+    if window == 1:
+        return bin_logits.argmax(-1)
+    probabilities = bin_logits.float().softmax(-1).reshape(-1, 1, bin_logits.shape[-1])
+    half = window // 2
+    window_mass = F.avg_pool1d(probabilities, window, stride=1, padding=half, count_include_pad=True)
+    centre = window_mass.argmax(-1, keepdim=True)
+    bins = torch.arange(bin_logits.shape[-1], device=bin_logits.device)
+    outside = (bins - centre).abs() > half
+    return probabilities.masked_fill(outside, -1.0).argmax(-1).reshape(bin_logits.shape[:-1])
+
+
 class ActionChunkLogitsProcessor(LogitsProcessor):
     """Keeps generated tokens in the grammar of an action chunk: [start] action_dim bins [end], repeated.
 
+    With `action_bin_window` > 1 only the bin `windowed_bin_argmax` picks is left, so greedy search decodes it.
     Non-finite bin logits raise a FloatingPointError instead of decoding an action from them."""
 
     def __init__(self, config, prompt_length):
         self.layout = config.token_layout
         self.prompt_length = prompt_length
+        self.bin_window = config.action_bin_window
 
     def __call__(self, input_ids, scores):
         layout = self.layout
@@ -926,7 +942,11 @@ class ActionChunkLogitsProcessor(LogitsProcessor):
         else:
             bins = layout.action_bin_slice
             _check_finite(scores[:, bins], "action-bin logits")
-            constrained[:, bins] = scores[:, bins]
+            if self.bin_window == 1:
+                constrained[:, bins] = scores[:, bins]
+            else:
+                chosen = windowed_bin_argmax(scores[:, bins], self.bin_window) + layout.first_action_bin_id
+                constrained.scatter_(1, chosen[:, None], 0.0)
         return constrained
 
 
@@ -1185,7 +1205,8 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
 
     @torch.no_grad()
     def generate_action_tokens(self, input_ids, attention_mask=None, decoding="parallel"):
-        """Greedy action-bin tokens (B, K, action_dim) for action prompts (B, P), right-padded.
+        """Greedy action-bin tokens (B, K, action_dim) for action prompts (B, P), right-padded; each bin as
+        `windowed_bin_argmax` picks it with the config's `action_bin_window`.
 
         "parallel": the K blocks decoded together, each at its sequential positions (block k starts at
         P + k * block_length) over one shared prompt cache, `action_dim` forward passes of K tokens.
@@ -1242,7 +1263,7 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             # The head module, not its weight rows: an adapter on lm_head must act here as in `generate`.
             bin_logits = self.lm_head(hidden)[..., layout.action_bin_slice]
             _check_finite(bin_logits, "action-bin logits")
-            tokens = bin_logits.argmax(-1) + layout.first_action_bin_id
+            tokens = windowed_bin_argmax(bin_logits, config.action_bin_window) + layout.first_action_bin_id
             bins.append(tokens)
         return torch.stack(bins, dim=-1)
 

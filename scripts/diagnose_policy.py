@@ -145,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--around-first-close", type=int, default=0, metavar="W",
                         help="also compare the predicted and the expert gripper and motion W steps around each demo's first close")
+    parser.add_argument("--action-bin-window", type=int, default=None,
+                        help="the decoding's action_bin_window (default: the checkpoint's config)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.prompts < 0 or args.around_first_close < 0:
@@ -153,7 +155,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    overrides = {} if args.action_bin_window is None else {"action_bin_window": args.action_bin_window}
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, **overrides).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     episodes = worldvla_data.load_episodes(
         worldvla_data.tokenised_episodes(args.data_dir, processor, args.cache_dir, wrist_camera=uses_wrist_camera(model.config))
@@ -182,7 +185,10 @@ def main(argv=None):
     if first_close_results:
         print("\nAround the first close (the first action of each decoded chunk):")
         print(first_close_table(first_close_results))
-    report = {"model": args.model, "data_dir": args.data_dir, "val_split": args.val_split, "results": results}
+    report = {
+        "model": args.model, "data_dir": args.data_dir, "val_split": args.val_split,
+        "action_bin_window": getattr(model.config, "action_bin_window", 1), "results": results,
+    }
     if first_close_results:
         report["around_first_close"] = first_close_results
     if args.output:

@@ -94,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument("--trial", type=int, default=0, help="the benchmark's fixed initial state")
     parser.add_argument("--seed", type=int, default=0, help="eval_libero.py's --seed")
     parser.add_argument("--max-steps", type=int, default=None, help="policy steps (default: the suite's budget)")
+    parser.add_argument("--action-bin-window", type=int, default=None,
+                        help="the decoding's action_bin_window (default: the checkpoint's config)")
     parser.add_argument("--output", required=True, help="the trace's JSON file")
     args = parser.parse_args(argv)
     if (args.policy == "worldvla") != (args.model is not None):
@@ -109,7 +111,8 @@ def main(argv=None):
     if args.policy == "worldvla":
         from policy_worldvla import WorldVLAPolicy
 
-        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model))
+        overrides = {} if args.action_bin_window is None else {"action_bin_window": args.action_bin_window}
+        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model, **overrides))
         env = make_env(bddl_file, camera_names=policy.camera_names, resolution=policy.image_size)
     else:
         from libero_sim.expert import ScriptedExpert
@@ -128,6 +131,8 @@ def main(argv=None):
         env.close()
     summary = {"success": result.success, "policy_steps": result.policy_steps, **summarise(traced.rows)}
     settings = {key: getattr(args, key) for key in ("model", "policy", "suite", "task", "trial", "seed")}
+    if args.policy == "worldvla":
+        settings["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
     write_json_atomically(args.output, {"settings": settings, "summary": summary, "rows": traced.rows})
     logger.info("%s", json.dumps(summary))
     return summary

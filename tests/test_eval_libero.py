@@ -295,3 +295,21 @@ def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, m
     assert [len(images) for images in encoded] == [2, 4]  # steps 4 and 5, each camera once
     third_person, wrist = encoded[0]
     assert third_person.shape == wrist.shape == (64, 64, 3) and np.abs(third_person.astype(int) - wrist).mean() > 10
+
+
+def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkpoint, tmp_path):
+    """--action-bin-window overrides the checkpoint's config for the episodes, is recorded, and a rerun with the
+    checkpoint's own window (1) into the same folder is refused; trace_episode.py records the window it ran."""
+    from scripts import trace_episode
+
+    output_dir = tmp_path / "eval"
+    args = ["--model", str(small_checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
+            "--output-dir", str(output_dir)]
+    summary = eval_libero.main([*args, "--action-bin-window", "9"])
+    assert summary["settings"]["action_bin_window"] == 9 and summary["errors"] == 0
+    with pytest.raises(SystemExit, match=r"'action_bin_window': \(9, 1\)"):
+        eval_libero.main(args)
+    trace = trace_episode.main(["--model", str(small_checkpoint), "--max-steps", "5", "--action-bin-window", "9",
+                                "--output", str(tmp_path / "trace.json")])
+    assert trace["policy_steps"] == 5
+    assert json.loads((tmp_path / "trace.json").read_text())["settings"]["action_bin_window"] == 9
