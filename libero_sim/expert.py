@@ -211,10 +211,18 @@ def goal_predicates(env):
 
 
 class ScriptedExpert:
-    """Pick-and-place state machine over the goal predicates, one action per call."""
+    """Pick-and-place state machine over the goal predicates, one action per call.
 
-    def __init__(self, env):
+    `lift_height`: how far above its grasp point an object is lifted before it is carried, and the lowest
+    carrying height. At the default, the lifted hand is about where it hovered before the descent, so a frame
+    of the hand above the object looks alike with the object still on the table and with it in the
+    fingers. A policy that learns from these demos may then close early and carry nothing. A higher lift
+    (0.2) keeps the two moments apart in the arm's pose.
+    """
+
+    def __init__(self, env, lift_height=LIFT_HEIGHT):
         self.env = env
+        self.lift_height = lift_height
 
     # Policy interface -----------------------------------------------------------------------
     def reset(self, instruction=None):
@@ -480,7 +488,7 @@ class ScriptedExpert:
         return self.move(eef, rotation, self.grasp, GRIPPER_CLOSED)
 
     def phase_lift(self, eef, rotation):
-        target = np.array([self.grasp[0], self.grasp[1], self.grasp[2] + LIFT_HEIGHT])
+        target = np.array([self.grasp[0], self.grasp[1], self.grasp[2] + self.lift_height])
         if self.phase_steps >= LIFT_CHECK_STEPS:
             lifted = self.geometry.position(self.object_name)[2] - self.height_before_lift
             if lifted < LIFT_CHECK_HEIGHT:
@@ -505,7 +513,7 @@ class ScriptedExpert:
     def phase_carry(self, eef, rotation):
         goal = self.target_point()
         # Travel no lower than the lift height: the object may start inside a drawer or on a shelf.
-        travel_z = max(goal[2] + self.hang + CARRY_CLEARANCE, self.grasp[2] + LIFT_HEIGHT)
+        travel_z = max(goal[2] + self.hang + CARRY_CLEARANCE, self.grasp[2] + self.lift_height)
         target = np.array([*(goal[:2] + self.placement_offset(eef)), travel_z])
         # Rise first, then travel, so that the object does not sweep other objects away.
         if eef[2] < target[2] - 0.03:

@@ -45,7 +45,7 @@ from libero_sim.env import (  # noqa: E402
     parse_task_ids,
     run_episode,
 )
-from libero_sim.expert import ScriptedExpert  # noqa: E402
+from libero_sim.expert import LIFT_HEIGHT, ScriptedExpert  # noqa: E402
 from libero_sim.perturbation import PerturbedExpert  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
@@ -91,6 +91,12 @@ def collect_task(suite, task_id, args):
             f"{writer.path} holds demos collected with --perturb {sorted(rates)}, not {args.perturb}: "
             "collect into another --output-dir"
         )
+    lift_heights = {LIFT_HEIGHT if height is None else float(height) for height in writer.collected_attributes("lift_height")}
+    if lift_heights - {args.lift_height}:
+        raise SystemExit(
+            f"{writer.path} holds demos collected with --lift-height {sorted(lift_heights)}, not {args.lift_height}: "
+            "collect into another --output-dir"
+        )
     collected = writer.collected_trials()
     random_resets = [int(index) for index in writer.collected_attributes("random_reset") if index is not None]
     initial_states = suite.get_task_init_states(task_id)
@@ -101,7 +107,7 @@ def collect_task(suite, task_id, args):
 
     fast_env = make_env(bddl_file, camera_names=())
     camera_env = make_camera_env(bddl_file, args.resolution, camera_names)
-    expert = ScriptedExpert(fast_env)
+    expert = ScriptedExpert(fast_env, lift_height=args.lift_height)
     recorder = None  # set when this task's rollouts must be recorded in the camera env itself
 
     def perturbed(policy, seed):
@@ -140,10 +146,10 @@ def collect_task(suite, task_id, args):
                 # frames are always its own trajectory.
                 logger.warning("Task %d: a replay does not reproduce its rollout (%s): recording rollouts in the camera env from now on", task_id, error)
                 recorder = DemoRecorder(camera_env)
-                recorder.expert = ScriptedExpert(camera_env)
+                recorder.expert = ScriptedExpert(camera_env, lift_height=args.lift_height)
                 attempted -= 1
                 return collect(trial, initial_state, random_reset)
-        extra_attributes = {}
+        extra_attributes = {"lift_height": args.lift_height}
         if args.perturb:
             arrays["expert_actions"] = np.concatenate([np.tile(WAIT_ACTION, (NUM_WAIT_STEPS, 1)), policy.labels])
             extra_attributes["perturbation_rate"] = args.perturb
@@ -195,6 +201,10 @@ def parse_args(argv=None):
     parser.add_argument("--cameras", choices=tuple(CAMERAS), default="agentview,eye_in_hand", help="cameras rendered into the demos (WorldVLA uses agentview only)")
     parser.add_argument("--compression", choices=("gzip", "lzf"), default="gzip")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random resets")
+    parser.add_argument(
+        "--lift-height", type=float, default=LIFT_HEIGHT,
+        help="how far (m) the expert lifts an object above its grasp point before carrying it (a folder holds one)",
+    )
     parser.add_argument(
         "--perturb", type=perturbation_rate, default=0.0, metavar="RATE",
         help="probability per step of starting a perturbation of the executed actions (DART; default 0: none)",

@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from libero_sim.expert import LIFT_HEIGHT  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
@@ -65,6 +66,8 @@ def parse_args(argv=None):
     data.add_argument("--demos-per-task", type=int, default=20, help="random-reset demos per task")
     data.add_argument("--resolution", type=int, default=64, help="rendered frame side: the tokenizer's and the model's")
     data.add_argument("--seed", type=int, default=0, help="seed of the random resets")
+    data.add_argument("--lift-height", type=float, default=LIFT_HEIGHT,
+                      help="collect_demos.py --lift-height: how far the expert lifts an object before carrying it")
     data.add_argument("--perturb", type=float, default=0.0,
                       help="collect_demos.py --perturb: demos with recoveries from perturbations at this rate per step")
     vq = parser.add_argument_group("image tokenizer")
@@ -137,7 +140,8 @@ def stage_commands(args):
     demos = [
         [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
          "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", cameras,
-         "--seed", str(args.seed), "--perturb", str(args.perturb), "--output-dir", str(data_dir)]
+         "--seed", str(args.seed), "--perturb", str(args.perturb), "--lift-height", str(args.lift_height),
+         "--output-dir", str(data_dir)]
         for group in task_groups
     ]
     if args.continue_from:  # the earlier model brings its tokenizer, bins and weights
@@ -263,7 +267,8 @@ def ship(args, commands, argv):
                 + "\n\nthen this round, whose `--continue-from` is that model (from nothing: run the rounds in order, each "
                 "continuing the previous round's `<work-dir>/train/model`):\n\n"
             )
-    card = (staging / "README.md").read_text()
+    # train.py's card loads the model from where it was trained; the shipped card loads it from where it is shipped.
+    card = (staging / "README.md").read_text().replace(repr(str(model_dir.resolve())), repr(f"checkpoints/{args.name}"))
     stage_lines = "\n".join(
         shlex.join(["python", *command[1:]] if command[0] == sys.executable else command) for stage in commands.values() for command in stage
     )

@@ -155,7 +155,7 @@ def test_a_rollout_recorded_live_equals_its_replay():
 def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_actions(tmp_path):
     """--perturb executes perturbed actions and stores the expert's own beside them: the labels are what a fresh
     expert answers along the recorded states, the executed actions replay to the recorded success, and a folder
-    refuses demos of another rate."""
+    refuses demos of another rate or lift height."""
     from libero_sim.expert import ScriptedExpert
 
     common = ["--suite", "libero_spatial", "--tasks", "0", "--trials", "0", "--extra-random", "1", "--resolution", "64",
@@ -167,6 +167,7 @@ def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_action
     with h5py.File(path, "r") as file:
         seed = int(file["data/demo_0"].attrs["reset_seed"])
         assert file["data/demo_0"].attrs["perturbation_rate"] == 0.2
+        assert file["data/demo_0"].attrs["lift_height"] == 0.1  # the expert's default
     executed, labels = demo["actions"], demo["expert_actions"]
     assert executed.shape == labels.shape
     perturbed = np.abs(executed - labels).max(axis=1) > 0
@@ -192,3 +193,5 @@ def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_action
 
     with pytest.raises(SystemExit, match="--perturb"):
         collect_demos.main([*common, "--perturb", "0.1"])
+    with pytest.raises(SystemExit, match=r"--lift-height \[0.1\], not 0.2"):
+        collect_demos.main([*common, "--perturb", "0.2", "--lift-height", "0.2"])

@@ -1,4 +1,4 @@
-"""The scripted expert solves a libero_spatial task within the protocol's step limit."""
+"""The scripted expert solves a libero_spatial task within the protocol's step limit, with either lift height."""
 
 import os
 
@@ -43,6 +43,37 @@ def test_expert_solves_spatial_task_within_the_step_limit(spatial_task, trial):
     )
     assert result.success
     assert result.policy_steps <= libero_env.MAX_POLICY_STEPS["libero_spatial"]
+
+
+class HandHeights:
+    """The expert, recording the hand's height and the gripper command at every step."""
+
+    def __init__(self, expert):
+        self.expert, self.heights, self.closed = expert, [], []
+
+    def reset(self):
+        self.expert.reset()
+
+    def select_action(self, observation, instruction):
+        action = self.expert.select_action(observation, instruction)
+        self.heights.append(observation["robot0_eef_pos"][2])
+        self.closed.append(action[-1] > 0)
+        return action
+
+
+def test_lift_height_raises_the_carried_hand_by_the_difference(spatial_task):
+    """The hand rises above where it closed by about `lift_height` (the carry keeps that height over the flat
+    plate) with the default and with 0.2, and both lifts succeed."""
+    suite, env = spatial_task
+    rises = {}
+    for lift_height in (0.1, 0.2):
+        policy = HandHeights(ScriptedExpert(env, lift_height=lift_height))
+        result = libero_env.run_episode(env, policy, suite.get_task_init_states(0)[0], suite.get_task(0).language,
+                                        libero_env.MAX_POLICY_STEPS["libero_spatial"])
+        assert result.success
+        closed = np.flatnonzero(policy.closed)
+        rises[lift_height] = max(policy.heights[closed[0] : closed[-1]]) - policy.heights[closed[0]]
+    assert rises[0.1] == pytest.approx(0.1, abs=0.02) and rises[0.2] == pytest.approx(0.2, abs=0.02)
 
 
 def test_expert_rejects_goals_it_cannot_solve(spatial_task):

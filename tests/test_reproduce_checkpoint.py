@@ -51,7 +51,10 @@ def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatc
     shutil.copytree(SHIPPED, earlier)
     work = tmp_path / "round2"
     shutil.copytree(SHIPPED, work / "train" / "model", ignore=shutil.ignore_patterns("eval", "vq_eval", "previous"))
-    (work / "train" / "model" / "README.md").write_text("# WorldVLA fine-tuned on libero_spatial\n")
+    trained_at = repr(str((work / "train" / "model").resolve()))
+    (work / "train" / "model" / "README.md").write_text(
+        f"# WorldVLA fine-tuned on libero_spatial\n\nmodel = AutoModelForCausalLM.from_pretrained({trained_at}, trust_remote_code=True)\n"
+    )
     shutil.copytree(SHIPPED / "eval", work / "eval")
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
 
@@ -64,6 +67,8 @@ def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatc
     assert (shipped / "previous" / "eval" / "summary.json").read_bytes() == (earlier / "eval" / "summary.json").read_bytes()
     assert (shipped / "vq_eval" / "metrics.json").read_bytes() == (earlier / "vq_eval" / "metrics.json").read_bytes()
     card = (shipped / "README.md").read_text()
+    assert "from_pretrained('checkpoints/worldvla-libero-spatial-64', trust_remote_code=True)" in card
+    assert trained_at not in card
     earlier_reproduce = (earlier / "README.md").read_text().split("\n## Reproduce\n", 1)[1].strip()
     assert earlier_reproduce in card
     this_round = f"python scripts/reproduce_checkpoint.py --work-dir {work} --continue-from {earlier} --seed 1"
