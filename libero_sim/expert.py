@@ -214,10 +214,9 @@ class ScriptedExpert:
     """Pick-and-place state machine over the goal predicates, one action per call.
 
     `lift_height`: how far above its grasp point an object is lifted before it is carried, and the lowest
-    carrying height. At the default, the lifted hand is about where it hovered before the descent, so a frame
-    of the hand above the object looks alike with the object still on the table and with it in the
-    fingers. A policy that learns from these demos may then close early and carry nothing. A higher lift
-    (0.2) keeps the two moments apart in the arm's pose.
+    carrying height. At the default, the lifted hand is about where it hovered before the descent, so the two
+    moments differ in the frames by where the object is, not by the arm's pose; 0.2 keeps them apart in the
+    pose too (a policy trained on such demos still closed at the hover: results/round7-lift).
     """
 
     def __init__(self, env, lift_height=LIFT_HEIGHT):
