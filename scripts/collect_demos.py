@@ -187,6 +187,13 @@ def perturbation_rate(text):
     return rate
 
 
+def lift_height(text):
+    height = float(text)
+    if not 0.0 < height <= 0.5:
+        raise argparse.ArgumentTypeError(f"a height in metres in (0, 0.5], got {text}")
+    return height
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=HelpFormatter
@@ -202,7 +209,7 @@ def parse_args(argv=None):
     parser.add_argument("--compression", choices=("gzip", "lzf"), default="gzip")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random resets")
     parser.add_argument(
-        "--lift-height", type=float, default=LIFT_HEIGHT,
+        "--lift-height", type=lift_height, default=LIFT_HEIGHT,
         help="how far (m) the expert lifts an object above its grasp point before carrying it (a folder holds one)",
     )
     parser.add_argument(

@@ -195,3 +195,10 @@ def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_action
         collect_demos.main([*common, "--perturb", "0.1"])
     with pytest.raises(SystemExit, match=r"--lift-height \[0.1\], not 0.2"):
         collect_demos.main([*common, "--perturb", "0.2", "--lift-height", "0.2"])
+
+
+@pytest.mark.parametrize("height", ["0", "-0.1", "2"])
+def test_a_lift_height_outside_the_workspace_is_refused(height, capsys):
+    with pytest.raises(SystemExit):
+        collect_demos.parse_args(["--suite", "libero_spatial", "--output-dir", "x", "--lift-height", height])
+    assert "a height in metres in (0, 0.5]" in capsys.readouterr().err
