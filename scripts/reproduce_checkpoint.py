@@ -45,10 +45,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from libero_sim.env import parse_task_ids  # noqa: E402
 from libero_sim.expert import LIFT_HEIGHT  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
+NUM_TASKS = 10  # in libero_spatial and in libero_object
 logger = logging.getLogger("reproduce_checkpoint")
 
 
@@ -62,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="parallel processes for demos and evaluation")
     data = parser.add_argument_group("demos")
     data.add_argument("--suite", default="libero_spatial", choices=("libero_spatial", "libero_object"))
+    data.add_argument("--tasks", default="all",
+                      help="comma-separated task ids the demos and the evaluation cover (a specialist on a few tasks), "
+                      "or 'all'")
     data.add_argument("--data-dir", default=None, help="demo folder (default: data/<suite>_<resolution>)")
     data.add_argument("--demos-per-task", type=int, default=20, help="random-reset demos per task")
     data.add_argument("--resolution", type=int, default=64, help="rendered frame side: the tokenizer's and the model's")
@@ -98,6 +103,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.processor and args.continue_from:
         parser.error("--processor and --continue-from exclude each other: a continued model keeps its own tokenizer")
+    try:
+        args.task_ids = parse_task_ids(args.tasks, NUM_TASKS)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -135,7 +144,8 @@ def stage_commands(args):
     work = Path(args.work_dir)
     data_dir = Path(args.data_dir or f"data/{args.suite}_{args.resolution}")
     python = sys.executable
-    task_groups = [",".join(str(t) for t in range(10) if t % args.workers == w) for w in range(args.workers)]
+    workers = min(args.workers, len(args.task_ids))
+    task_groups = [",".join(str(t) for t in args.task_ids[w::workers]) for w in range(workers)]
     cameras = "agentview,eye_in_hand" if args.wrist_camera else "agentview"
     demos = [
         [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
@@ -167,7 +177,7 @@ def stage_commands(args):
               "--eval-strategy", "steps", "--eval-steps", str(args.eval_steps), "--save-strategy", "steps",
               "--save-steps", str(args.eval_steps), "--save-total-limit", "2", "--logging-steps", "25",
               "--dataloader-num-workers", "0", "--seed", str(args.seed), "--report-to", "none", "--disable-tqdm", "true"]]
-    evaluate = [[python, "eval_libero.py", "--model", str(work / "train" / "model"), "--suite", args.suite, "--tasks", "all",
+    evaluate = [[python, "eval_libero.py", "--model", str(work / "train" / "model"), "--suite", args.suite, "--tasks", args.tasks,
                  "--trials", args.eval_trials, "--num-workers", str(args.workers), "--threads", "1",
                  "--output-dir", str(work / "eval")]]
     model_dir = str(work / "train" / "model")
@@ -273,7 +283,8 @@ def ship(args, commands, argv):
         shlex.join(["python", *command[1:]] if command[0] == sys.executable else command) for stage in commands.values() for command in stage
     )
     card += (
-        f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of every task)\n\n"
+        f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of "
+        f"{'every task' if args.tasks == 'all' else 'tasks ' + args.tasks})\n\n"
         f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes. Per task "
         f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}{world_model}\n"
         f"## Reproduce\n\n{earlier_reproduce}```bash\n{reproduce_command(argv)}\n```\n\n"

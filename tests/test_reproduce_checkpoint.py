@@ -29,6 +29,23 @@ def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model(
     assert all(command[command.index("--perturb") + 1] == "0.0" for command in first["demos"])
 
 
+def test_tasks_restrict_the_demos_and_the_evaluation():
+    def option(command, name):
+        return command[command.index(name) + 1]
+
+    every_task = reproduce.stage_commands(reproduce.parse_args(["--work-dir", "w"]))
+    assert [option(c, "--tasks") for c in every_task["demos"]] == ["0,2,4,6,8", "1,3,5,7,9"]
+    assert option(every_task["eval"][0], "--tasks") == "all"
+    two_tasks = reproduce.stage_commands(reproduce.parse_args(["--work-dir", "w", "--tasks", "5,0", "--workers", "2"]))
+    assert [option(c, "--tasks") for c in two_tasks["demos"]] == ["5", "0"]
+    assert option(two_tasks["eval"][0], "--tasks") == "5,0"
+    one_task = reproduce.stage_commands(reproduce.parse_args(["--work-dir", "w", "--tasks", "3"]))
+    assert [option(c, "--tasks") for c in one_task["demos"]] == ["3"]  # one process: there is one file to write
+    for bad in ("10", "two"):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(["--work-dir", "w", "--tasks", bad])
+
+
 def test_a_tokenizer_trained_before_replaces_the_vq_stage(tmp_path):
     shipped_tokenizer = tmp_path / "worldvla-vq"
     (shipped_tokenizer / "vq_eval").mkdir(parents=True)
