@@ -44,6 +44,7 @@ PALM_ABOVE_GRIP = 0.03
 APPROACH_CLEARANCE = 0.08
 CARRY_CLEARANCE = 0.06
 LIFT_HEIGHT = 0.1
+CLOSE_RISE = 0.0
 RELEASE_GAP = 0.015
 POSITION_TOLERANCE = 0.01
 CLOSE_STEPS = 12
@@ -217,11 +218,17 @@ class ScriptedExpert:
     carrying height. At the default, the lifted hand is about where it hovered before the descent, so the two
     moments differ in the frames by where the object is, not by the arm's pose; 0.2 keeps them apart in the
     pose too (a policy trained on such demos still closed at the hover: results/round7-lift).
+
+    `close_rise`: how far (m) the hand rises at each of the steps in which the fingers close. At the default of 0 the
+    hand holds still for those steps, and two frames of a still hand cannot show how long it has waited: a policy
+    trained on such demos closed in time, then never lifted (results/task0-specialist). A rising hand makes the wait
+    visible in the frames and in the actions.
     """
 
-    def __init__(self, env, lift_height=LIFT_HEIGHT):
+    def __init__(self, env, lift_height=LIFT_HEIGHT, close_rise=CLOSE_RISE):
         self.env = env
         self.lift_height = lift_height
+        self.close_rise = close_rise
 
     # Policy interface -----------------------------------------------------------------------
     def reset(self, instruction=None):
@@ -484,7 +491,7 @@ class ScriptedExpert:
         if self.phase_steps >= CLOSE_STEPS:
             self.height_before_lift = self.geometry.position(self.object_name)[2]
             self.enter("lift")
-        return self.move(eef, rotation, self.grasp, GRIPPER_CLOSED)
+        return self.move(eef, rotation, self.grasp + [0, 0, self.close_rise * self.phase_steps], GRIPPER_CLOSED)
 
     def phase_lift(self, eef, rotation):
         target = np.array([self.grasp[0], self.grasp[1], self.grasp[2] + self.lift_height])

@@ -45,7 +45,7 @@ from libero_sim.env import (  # noqa: E402
     parse_task_ids,
     run_episode,
 )
-from libero_sim.expert import LIFT_HEIGHT, ScriptedExpert  # noqa: E402
+from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT, ScriptedExpert  # noqa: E402
 from libero_sim.perturbation import PerturbedExpert  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
@@ -85,18 +85,18 @@ def collect_task(suite, task_id, args):
         file_attributes(task, bddl_file, args.resolution, camera_names),
         compression=args.compression,
     )
-    rates = {0.0 if rate is None else float(rate) for rate in writer.collected_attributes("perturbation_rate")}
-    if rates - {args.perturb}:
-        raise SystemExit(
-            f"{writer.path} holds demos collected with --perturb {sorted(rates)}, not {args.perturb}: "
-            "collect into another --output-dir"
-        )
-    lift_heights = {LIFT_HEIGHT if height is None else float(height) for height in writer.collected_attributes("lift_height")}
-    if lift_heights - {args.lift_height}:
-        raise SystemExit(
-            f"{writer.path} holds demos collected with --lift-height {sorted(lift_heights)}, not {args.lift_height}: "
-            "collect into another --output-dir"
-        )
+    # A file holds demos of one expert setting; demos written before a setting existed were collected at its default.
+    for attribute, option, default, value in (
+        ("perturbation_rate", "--perturb", 0.0, args.perturb),
+        ("lift_height", "--lift-height", LIFT_HEIGHT, args.lift_height),
+        ("close_rise", "--close-rise", CLOSE_RISE, args.close_rise),
+    ):
+        collected_values = {default if v is None else float(v) for v in writer.collected_attributes(attribute)}
+        if collected_values - {value}:
+            raise SystemExit(
+                f"{writer.path} holds demos collected with {option} {sorted(collected_values)}, not {value}: "
+                "collect into another --output-dir"
+            )
     collected = writer.collected_trials()
     random_resets = [int(index) for index in writer.collected_attributes("random_reset") if index is not None]
     initial_states = suite.get_task_init_states(task_id)
@@ -107,7 +107,7 @@ def collect_task(suite, task_id, args):
 
     fast_env = make_env(bddl_file, camera_names=())
     camera_env = make_camera_env(bddl_file, args.resolution, camera_names)
-    expert = ScriptedExpert(fast_env, lift_height=args.lift_height)
+    expert = ScriptedExpert(fast_env, lift_height=args.lift_height, close_rise=args.close_rise)
     recorder = None  # set when this task's rollouts must be recorded in the camera env itself
 
     def perturbed(policy, seed):
@@ -146,10 +146,10 @@ def collect_task(suite, task_id, args):
                 # frames are always its own trajectory.
                 logger.warning("Task %d: a replay does not reproduce its rollout (%s): recording rollouts in the camera env from now on", task_id, error)
                 recorder = DemoRecorder(camera_env)
-                recorder.expert = ScriptedExpert(camera_env, lift_height=args.lift_height)
+                recorder.expert = ScriptedExpert(camera_env, lift_height=args.lift_height, close_rise=args.close_rise)
                 attempted -= 1
                 return collect(trial, initial_state, random_reset)
-        extra_attributes = {"lift_height": args.lift_height}
+        extra_attributes = {"lift_height": args.lift_height, "close_rise": args.close_rise}
         if args.perturb:
             arrays["expert_actions"] = np.concatenate([np.tile(WAIT_ACTION, (NUM_WAIT_STEPS, 1)), policy.labels])
             extra_attributes["perturbation_rate"] = args.perturb
@@ -194,6 +194,13 @@ def lift_height(text):
     return height
 
 
+def close_rise(text):
+    rise = float(text)
+    if not 0.0 <= rise <= 0.01:
+        raise argparse.ArgumentTypeError(f"a rise in metres per step in [0, 0.01], got {text}")
+    return rise
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=HelpFormatter
@@ -211,6 +218,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--lift-height", type=lift_height, default=LIFT_HEIGHT,
         help="how far (m) the expert lifts an object above its grasp point before carrying it (a folder holds one)",
+    )
+    parser.add_argument(
+        "--close-rise", type=close_rise, default=CLOSE_RISE,
+        help="how far (m) the expert's hand rises at each step of closing the fingers: 0 holds it still for those "
+        "steps, a wait that two frames cannot show (a folder holds one)",
     )
     parser.add_argument(
         "--perturb", type=perturbation_rate, default=0.0, metavar="RATE",

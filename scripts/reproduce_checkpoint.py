@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from libero_sim.env import parse_task_ids  # noqa: E402
-from libero_sim.expert import LIFT_HEIGHT  # noqa: E402
+from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
@@ -73,6 +73,8 @@ def parse_args(argv=None):
     data.add_argument("--seed", type=int, default=0, help="seed of the random resets")
     data.add_argument("--lift-height", type=float, default=LIFT_HEIGHT,
                       help="collect_demos.py --lift-height: how far the expert lifts an object before carrying it")
+    data.add_argument("--close-rise", type=float, default=CLOSE_RISE,
+                      help="collect_demos.py --close-rise: how far (m) the expert's hand rises at each step of closing")
     data.add_argument("--perturb", type=float, default=0.0,
                       help="collect_demos.py --perturb: demos with recoveries from perturbations at this rate per step")
     vq = parser.add_argument_group("image tokenizer")
@@ -151,7 +153,7 @@ def stage_commands(args):
         [python, "scripts/collect_demos.py", "--suite", args.suite, "--tasks", group, "--trials", "0",
          "--extra-random", str(args.demos_per_task), "--resolution", str(args.resolution), "--cameras", cameras,
          "--seed", str(args.seed), "--perturb", str(args.perturb), "--lift-height", str(args.lift_height),
-         "--output-dir", str(data_dir)]
+         "--close-rise", str(args.close_rise), "--output-dir", str(data_dir)]
         for group in task_groups
     ]
     if args.continue_from:  # the earlier model brings its tokenizer, bins and weights

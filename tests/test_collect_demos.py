@@ -155,7 +155,7 @@ def test_a_rollout_recorded_live_equals_its_replay():
 def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_actions(tmp_path):
     """--perturb executes perturbed actions and stores the expert's own beside them: the labels are what a fresh
     expert answers along the recorded states, the executed actions replay to the recorded success, and a folder
-    refuses demos of another rate or lift height."""
+    refuses demos of another rate, lift height or close rise."""
     from libero_sim.expert import ScriptedExpert
 
     common = ["--suite", "libero_spatial", "--tasks", "0", "--trials", "0", "--extra-random", "1", "--resolution", "64",
@@ -168,6 +168,7 @@ def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_action
         seed = int(file["data/demo_0"].attrs["reset_seed"])
         assert file["data/demo_0"].attrs["perturbation_rate"] == 0.2
         assert file["data/demo_0"].attrs["lift_height"] == 0.1  # the expert's default
+        assert file["data/demo_0"].attrs["close_rise"] == 0.0  # likewise
     executed, labels = demo["actions"], demo["expert_actions"]
     assert executed.shape == labels.shape
     perturbed = np.abs(executed - labels).max(axis=1) > 0
@@ -195,6 +196,8 @@ def test_perturbed_demos_keep_the_expert_labels_and_replay_their_executed_action
         collect_demos.main([*common, "--perturb", "0.1"])
     with pytest.raises(SystemExit, match=r"--lift-height \[0.1\], not 0.2"):
         collect_demos.main([*common, "--perturb", "0.2", "--lift-height", "0.2"])
+    with pytest.raises(SystemExit, match=r"--close-rise \[0.0\], not 0.003"):
+        collect_demos.main([*common, "--perturb", "0.2", "--close-rise", "0.003"])
 
 
 @pytest.mark.parametrize("height", ["0", "-0.1", "2"])
@@ -202,3 +205,10 @@ def test_a_lift_height_outside_the_workspace_is_refused(height, capsys):
     with pytest.raises(SystemExit):
         collect_demos.parse_args(["--suite", "libero_spatial", "--output-dir", "x", "--lift-height", height])
     assert "a height in metres in (0, 0.5]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rise", ["-0.001", "0.05"])
+def test_a_close_rise_outside_a_few_millimetres_a_step_is_refused(rise, capsys):
+    with pytest.raises(SystemExit):
+        collect_demos.parse_args(["--suite", "libero_spatial", "--output-dir", "x", "--close-rise", rise])
+    assert "a rise in metres per step in [0, 0.01]" in capsys.readouterr().err

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("libero")
 
 from libero_sim import env as libero_env  # noqa: E402
-from libero_sim.expert import ScriptedExpert, closing_yaw, goal_predicates  # noqa: E402
+from libero_sim.expert import CLOSE_STEPS, ScriptedExpert, closing_yaw, goal_predicates  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,22 @@ def test_lift_height_raises_the_carried_hand_by_the_difference(spatial_task):
         closed = np.flatnonzero(policy.closed)
         rises[lift_height] = max(policy.heights[closed[0] : closed[-1]]) - policy.heights[closed[0]]
     assert rises[0.1] == pytest.approx(0.1, abs=0.02) and rises[0.2] == pytest.approx(0.2, abs=0.02)
+
+
+def test_close_rise_lifts_the_hand_while_the_fingers_close(spatial_task):
+    """Over the close phase the hand holds its height by default and rises by about `close_rise` a step
+    otherwise (the controller lags by a few steps: measured 0.6 of the full rise), and the episode still succeeds."""
+    suite, env = spatial_task
+    rises = {}
+    for close_rise in (0.0, 0.003):
+        policy = HandHeights(ScriptedExpert(env, close_rise=close_rise))
+        result = libero_env.run_episode(env, policy, suite.get_task_init_states(0)[0], suite.get_task(0).language,
+                                        libero_env.MAX_POLICY_STEPS["libero_spatial"])
+        assert result.success
+        first_closed = np.flatnonzero(policy.closed)[0]
+        rises[close_rise] = policy.heights[first_closed + CLOSE_STEPS] - policy.heights[first_closed]
+    assert abs(rises[0.0]) < 0.005
+    assert 0.5 * 0.003 * CLOSE_STEPS < rises[0.003] < 0.003 * CLOSE_STEPS
 
 
 def test_expert_rejects_goals_it_cannot_solve(spatial_task):

@@ -18,7 +18,7 @@ def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model(
     assert train[train.index("--from-scratch-config") + 1] == "runs/round1/init/config.json" and "--model" not in train
 
     argv = ["--work-dir", "runs/round2", "--continue-from", "runs/round1/train/model", "--seed", "1", "--data-dir", "data/seed1",
-            "--perturb", "0.05"]
+            "--perturb", "0.05", "--close-rise", "0.003"]
     second = reproduce.stage_commands(reproduce.parse_args(argv))
     assert second["vq"] == [] and second["init"] == []
     train = second["train"][0]
@@ -27,6 +27,8 @@ def test_a_first_round_trains_from_scratch_and_a_continued_round_from_the_model(
     assert all(command[command.index("--seed") + 1] == "1" for command in second["demos"])
     assert all(command[command.index("--perturb") + 1] == "0.05" for command in second["demos"])
     assert all(command[command.index("--perturb") + 1] == "0.0" for command in first["demos"])
+    assert all(command[command.index("--close-rise") + 1] == "0.003" for command in second["demos"])
+    assert all(command[command.index("--close-rise") + 1] == "0.0" for command in first["demos"])
 
 
 def test_tasks_restrict_the_demos_and_the_evaluation():
