@@ -61,16 +61,23 @@ class HandHeights:
         return action
 
 
+def successful_hand_heights(spatial_task, expert):
+    """Runs `expert` on task 0's first initial state, asserts it succeeds, and returns its `HandHeights`."""
+    suite, env = spatial_task
+    policy = HandHeights(expert)
+    result = libero_env.run_episode(env, policy, suite.get_task_init_states(0)[0], suite.get_task(0).language,
+                                    libero_env.MAX_POLICY_STEPS["libero_spatial"])
+    assert result.success
+    return policy
+
+
 def test_lift_height_raises_the_carried_hand_by_the_difference(spatial_task):
     """The hand rises above where it closed by about `lift_height` (the carry keeps that height over the flat
     plate) with the default and with 0.2, and both lifts succeed."""
-    suite, env = spatial_task
+    _, env = spatial_task
     rises = {}
     for lift_height in (0.1, 0.2):
-        policy = HandHeights(ScriptedExpert(env, lift_height=lift_height))
-        result = libero_env.run_episode(env, policy, suite.get_task_init_states(0)[0], suite.get_task(0).language,
-                                        libero_env.MAX_POLICY_STEPS["libero_spatial"])
-        assert result.success
+        policy = successful_hand_heights(spatial_task, ScriptedExpert(env, lift_height=lift_height))
         closed = np.flatnonzero(policy.closed)
         rises[lift_height] = max(policy.heights[closed[0] : closed[-1]]) - policy.heights[closed[0]]
     assert rises[0.1] == pytest.approx(0.1, abs=0.02) and rises[0.2] == pytest.approx(0.2, abs=0.02)
@@ -79,13 +86,10 @@ def test_lift_height_raises_the_carried_hand_by_the_difference(spatial_task):
 def test_close_rise_lifts_the_hand_while_the_fingers_close(spatial_task):
     """Over the close phase the hand holds its height by default and rises by about `close_rise` a step
     otherwise (the controller lags by a few steps: measured 0.6 of the full rise), and the episode still succeeds."""
-    suite, env = spatial_task
+    _, env = spatial_task
     rises = {}
     for close_rise in (0.0, 0.003):
-        policy = HandHeights(ScriptedExpert(env, close_rise=close_rise))
-        result = libero_env.run_episode(env, policy, suite.get_task_init_states(0)[0], suite.get_task(0).language,
-                                        libero_env.MAX_POLICY_STEPS["libero_spatial"])
-        assert result.success
+        policy = successful_hand_heights(spatial_task, ScriptedExpert(env, close_rise=close_rise))
         first_closed = np.flatnonzero(policy.closed)[0]
         rises[close_rise] = policy.heights[first_closed + CLOSE_STEPS] - policy.heights[first_closed]
     assert abs(rises[0.0]) < 0.005
