@@ -113,6 +113,8 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=5, help="actions per chunk (K)")
     parser.add_argument("--history-frames", type=int, default=2, help="frames the policy sees (M)")
     parser.add_argument("--wrist-camera", action="store_true", help="each history step shows the wrist camera's frame too")
+    parser.add_argument("--causal-action-mask", action="store_true",
+                        help="use_action_attention_mask=False: a chunk's actions see the earlier ones (the paper's ablation)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -133,6 +135,7 @@ def main():
         seed=args.seed,
         processor=processor,
         wrist_camera=args.wrist_camera,
+        use_action_attention_mask=not args.causal_action_mask,
     )
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)

@@ -93,7 +93,12 @@ def parse_args(argv=None):
     model.add_argument("--wrist-camera", action="store_true",
                        help="action prompts show each step's wrist-camera frame after its third-person frame (demos "
                        "rendered with both cameras); with --continue-from, a third-person model gets room for them")
+    model.add_argument("--causal-action-mask", action="store_true",
+                       help="a chunk's actions attend to the earlier ones (use_action_attention_mask=False; decoded "
+                       "token by token): the paper's ablation of the action attention mask")
     train = parser.add_argument_group("training")
+    train.add_argument("--sample-kinds", default="action,world_model",
+                       help="train.py --sample-kinds: action, world_model or both (the paper's ablations)")
     train.add_argument("--continue-from", default=None, help="a trained model folder to train further (skips vq and init)")
     train.add_argument("--train-steps", type=int, default=2400)
     train.add_argument("--batch-size", type=int, default=16)
@@ -105,6 +110,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.processor and args.continue_from:
         parser.error("--processor and --continue-from exclude each other: a continued model keeps its own tokenizer")
+    if args.causal_action_mask and args.continue_from:
+        parser.error("--causal-action-mask starts a new model: a continued model keeps its own attention mask")
+    args.sample_kind_list = [kind.strip() for kind in args.sample_kinds.split(",") if kind.strip()]
+    if not args.sample_kind_list or set(args.sample_kind_list) - {"action", "world_model"}:
+        parser.error(f"--sample-kinds {args.sample_kinds!r}: choose action, world_model or both")
     try:
         args.task_ids = parse_task_ids(args.tasks, NUM_TASKS)
     except ValueError as error:
@@ -167,7 +177,8 @@ def stage_commands(args):
                  "--output-dir", str(work / "init"), "--layers", str(args.layers), "--hidden-size", str(args.hidden_size),
                  "--intermediate-size", str(4 * args.hidden_size), "--heads", str(args.heads),
                  "--chunk-size", str(args.chunk_size), "--history-frames", str(args.history_frames), "--seed", str(args.seed),
-                 *(["--wrist-camera"] if args.wrist_camera else [])]]
+                 *(["--wrist-camera"] if args.wrist_camera else []),
+                 *(["--causal-action-mask"] if args.causal_action_mask else [])]]
         start = ["--from-scratch-config", str(work / "init" / "config.json"), "--processor", str(work / "init")]
     if args.wrist_camera:
         start += ["--wrist-camera", *wrist_camera_room(args.continue_from)]
@@ -178,18 +189,24 @@ def stage_commands(args):
               "--lr-scheduler-type", "cosine", "--warmup-steps", "0.05", "--weight-decay", "0.1", "--max-grad-norm", "1.0",
               "--eval-strategy", "steps", "--eval-steps", str(args.eval_steps), "--save-strategy", "steps",
               "--save-steps", str(args.eval_steps), "--save-total-limit", "2", "--logging-steps", "25",
-              "--dataloader-num-workers", "0", "--seed", str(args.seed), "--report-to", "none", "--disable-tqdm", "true"]]
+              "--dataloader-num-workers", "0", "--seed", str(args.seed), "--report-to", "none", "--disable-tqdm", "true",
+              "--sample-kinds", ",".join(args.sample_kind_list)]]
+    # A model trained without one kind of sample is not evaluated as that kind: no policy, or no world model.
+    acts, predicts_frames = "action" in args.sample_kind_list, "world_model" in args.sample_kind_list
+    decoding = ["--decoding", "sequential"] if args.causal_action_mask else []
     evaluate = [[python, "eval_libero.py", "--model", str(work / "train" / "model"), "--suite", args.suite, "--tasks", args.tasks,
-                 "--trials", args.eval_trials, "--num-workers", str(args.workers), "--threads", "1",
-                 "--output-dir", str(work / "eval")]]
+                 "--trials", args.eval_trials, "--num-workers", str(args.workers), "--threads", "1", *decoding,
+                 "--output-dir", str(work / "eval")]] if acts else []
     model_dir = str(work / "train" / "model")
     diagnose = [
         [python, "scripts/diagnose_policy.py", "--model", model_dir, "--data-dir", str(data_dir), "--cache-dir", str(work / "cache"),
          "--val-split", "episodes", "--prompts", "128", "--output", str(work / "diagnosis.json")],
-        [python, "eval_world_model.py", "--model", model_dir, "--data-dir", str(data_dir), "--val-split", "episodes",
-         "--split", "val_ind", "--max-trajectories", "10", "--horizons", "10,50", "--batch-size", "4", "--threads", "1",
-         "--output-dir", str(work / "world_model")],
-    ]
+    ] if acts else []
+    if predicts_frames:
+        diagnose.append(
+            [python, "eval_world_model.py", "--model", model_dir, "--data-dir", str(data_dir), "--val-split", "episodes",
+             "--split", "val_ind", "--max-trajectories", "10", "--horizons", "10,50", "--batch-size", "4", "--threads", "1",
+             "--output-dir", str(work / "world_model")])
     return {"demos": demos, "vq": vq, "init": init, "train": train, "eval": evaluate, "diagnose": diagnose}
 
 
@@ -325,7 +342,12 @@ def main(argv=None):
         else:
             command_list = commands[stage]
             if not command_list:
-                reason = f"training continues {args.continue_from}" if args.continue_from else f"the tokenizer is {args.processor}"
+                if stage == "eval":
+                    reason = "the model was trained without action samples"
+                elif args.continue_from:
+                    reason = f"training continues {args.continue_from}"
+                else:
+                    reason = f"the tokenizer is {args.processor}"
                 logger.info("%s: nothing to run (%s)", stage, reason)
                 continue
             if stage == "train":

@@ -372,6 +372,22 @@ def test_evaluation_runs_on_both_validation_splits(tmp_path, workspace):
     assert Image.open(tmp_path / "out" / "model" / "training_curves.png").size == (1350, 360)
 
 
+@pytest.mark.parametrize("kind, other", [("action", "image"), ("world_model", "action")])
+def test_one_sample_kind_trains_and_validates_on_that_kind_only(tmp_path, workspace, kind, other):
+    write_libero_folder(tmp_path / "data", num_tasks=1, num_demos=10, num_steps=7)
+    argv = ["--model", workspace / "base", "--data-dir", tmp_path / "data", "--data-cache-dir", tmp_path / "cache",
+            "--output-dir", tmp_path / "out", "--max-steps", 1, "--per-device-train-batch-size", 4, "--global-batch-size", 4,
+            "--save-strategy", "no", "--eval-strategy", "no", "--val-split", "episodes", "--sample-kinds", kind,
+            "--disable-tqdm", "true"]
+    _, metrics = train.main([str(a) for a in argv])
+    summary = json.loads((tmp_path / "out" / "model" / "training_summary.json").read_text())
+    samples_per_demo = {"action": 7 - 5 + 1, "world_model": 7 - 1}[kind]  # the ablations' variants a and e
+    assert summary["train_sample_kinds"] == {kind: 9 * samples_per_demo}
+    assert summary["samples"] == {"train": 9 * samples_per_demo, "val_ind": samples_per_demo}
+    own = "action" if kind == "action" else "image"
+    assert np.isfinite(metrics[f"eval_ind_{own}_token_accuracy"]) and f"eval_ind_{other}_token_accuracy" not in metrics
+
+
 def test_publish_folder_never_leaves_half_a_folder(tmp_path, monkeypatch):
     final = tmp_path / "model"
     final.mkdir()
