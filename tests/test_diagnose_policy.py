@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,3 +59,15 @@ def test_around_the_first_close_the_model_and_the_expert_side_by_side(small_worl
         assert row["predicted_closed"] == float((predicted[:, -1] > 0).mean())
         np.testing.assert_allclose(row["predicted_xyz"], predicted[:, :3].mean(axis=0), atol=6e-4)  # rounded to 3 places
         np.testing.assert_allclose(row["expert_xyz"], np.stack(expert[row["offset"]])[:, :3].mean(axis=0), atol=6e-4)
+
+    # The plot of two reports (here the same one twice), and a report without the rows refused by name.
+    from PIL import Image
+
+    from scripts import plot_first_close
+
+    diagnosis = tmp_path / "diagnosis.json"
+    plot_first_close.main([f"one={diagnosis}", f"two={diagnosis}", "--output", str(tmp_path / "plot.png")])
+    assert Image.open(tmp_path / "plot.png").size == (1080, 360)
+    (tmp_path / "bare.json").write_text(json.dumps({"results": report["results"]}))
+    with pytest.raises(SystemExit, match="bare: no 'train' rows"):
+        plot_first_close.main([f"bare={tmp_path / 'bare.json'}", "--output", str(tmp_path / "bare.png")])
