@@ -136,6 +136,30 @@ def test_parallel_equals_sequential_decoding(chunk):
         assert torch.equal(model.generate_action_tokens(**single)[0], parallel[row])
 
 
+def test_right_padded_batches_decode_without_the_left_padding_advice():
+    """`generate` advises left padding for a right-padded batch; the model's own decoders, exact on such batches
+    (above), drop that one line, and a plain `generate` call still logs it."""
+    import logging
+
+    model, processor = build_small_worldvla(seed=3)
+    rng = np.random.default_rng(3)
+    instructions = ["pick up the alphabet soup and place it in the basket", "open the middle drawer"]
+    inputs = processor(text=instructions, images=[[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)] for _ in instructions])
+    assert inputs["attention_mask"][:, -1].min() == 0
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    generation_logger = logging.getLogger("transformers.generation.utils")
+    generation_logger.addHandler(handler)
+    try:
+        model.generate_action_tokens(**inputs, decoding="sequential")
+        assert not [r for r in records if "right-padding" in r.getMessage()]
+        model.generate(**inputs, max_new_tokens=1, pad_token_id=model.config.pad_token_id)
+        assert [r for r in records if "right-padding" in r.getMessage()]
+    finally:
+        generation_logger.removeHandler(handler)
+
+
 def test_predict_action_shapes_and_statistics(small_worldvla, frames):
     model, processor = small_worldvla
     inputs = processor(text="pick up the black bowl", images=frames)

@@ -21,6 +21,7 @@ float32 only: a code is an argmin over 8,192 close distances, and bf16 activatio
 """
 
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -920,6 +921,11 @@ def windowed_bin_argmax(bin_logits, window):
     return probabilities.masked_fill(outside, -1.0).argmax(-1).reshape(bin_logits.shape[:-1])
 
 
+def _drop_right_padding_warning(record):
+    """A logging filter: False for `generate`'s right-padding warning (see `_generate_with_grammar`)."""
+    return "right-padding was detected" not in record.getMessage()
+
+
 class ActionChunkLogitsProcessor(LogitsProcessor):
     """Keeps generated tokens in the grammar of an action chunk: [start] action_dim bins [end], repeated.
 
@@ -1186,7 +1192,12 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         return attention_mask.to(input_ids.device)
 
     def _generate_with_grammar(self, input_ids, attention_mask, new_tokens, grammar, do_sample=False, **generation_kwargs):
-        """`generate` exactly `new_tokens` tokens under a grammar logits processor; returns only the new tokens."""
+        """`generate` exactly `new_tokens` tokens under a grammar logits processor; returns only the new tokens.
+
+        `generate` warns that right padding gives wrong results and advises left padding. Not here: the mask and
+        the positions of every step come from the full attention mask (`prepare_inputs_for_generation`), and a
+        right-padded batch decodes exactly as its prompts one by one (tested), so that one warning is dropped.
+        """
         generation_config = GenerationConfig(
             max_new_tokens=new_tokens,
             do_sample=do_sample,
@@ -1195,12 +1206,17 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             bos_token_id=self.config.bos_token_id,
             **generation_kwargs,
         )
-        generated = self.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            logits_processor=LogitsProcessorList([grammar]),
-        )
+        generation_logger = logging.getLogger("transformers.generation.utils")
+        generation_logger.addFilter(_drop_right_padding_warning)
+        try:
+            generated = self.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                logits_processor=LogitsProcessorList([grammar]),
+            )
+        finally:
+            generation_logger.removeFilter(_drop_right_padding_warning)
         return generated[:, input_ids.shape[1] :]
 
     @torch.no_grad()
