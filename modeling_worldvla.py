@@ -607,9 +607,9 @@ def rotate_half(x):
     return torch.cat((-second, first), dim=-1)
 
 
-def apply_rotary_pos_emb(query, key, cos, sin):
+def apply_rotary_pos_emb(states, cos, sin):
     cos, sin = cos[:, None], sin[:, None]  # broadcast over heads: (B, 1, L, head_dim)
-    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    return states * cos + rotate_half(states) * sin
 
 
 class WorldVLAAttention(nn.Module):
@@ -629,18 +629,29 @@ class WorldVLAAttention(nn.Module):
             self.q_norm = WorldVLAQKLayerNorm(self.num_heads, self.head_dim)
             self.k_norm = WorldVLAQKLayerNorm(self.num_key_value_heads, self.head_dim)
 
+    def _keys_values(self, hidden_states, position_embeddings):
+        """The keys (rotated) and values (B, kv_heads, L, head_dim) of these hidden states."""
+        batch, length, _ = hidden_states.shape
+        key = self.k_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
+        value = self.v_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
+        if self.config.use_qk_norm:
+            key = self.k_norm(key)
+        return apply_rotary_pos_emb(key.transpose(1, 2), *position_embeddings), value.transpose(1, 2)
+
+    def write_cache(self, hidden_states, position_embeddings, past_key_values):
+        """The cache's share of a forward alone: these tokens' keys and values, for later tokens to attend to."""
+        past_key_values.update(*self._keys_values(hidden_states, position_embeddings), self.layer_idx)
+
     def forward(
         self, hidden_states, attention_mask, position_embeddings, past_key_values=None, output_attentions=False
     ):
         """Returns the attention output and, with `output_attentions`, the weights (B, heads, q, kv) after the mask."""
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
-        value = self.v_proj(hidden_states).view(batch, length, self.num_key_value_heads, self.head_dim)
         if self.config.use_qk_norm:
-            query, key = self.q_norm(query), self.k_norm(key)
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+            query = self.q_norm(query)
+        query = apply_rotary_pos_emb(query.transpose(1, 2), *position_embeddings)
+        key, value = self._keys_values(hidden_states, position_embeddings)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
         groups = self.num_heads // self.num_key_value_heads
@@ -760,6 +771,7 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        cache_only=False,
     ):
         """Hidden states for (B, L) `input_ids` or (B, L, hidden) `inputs_embeds` (exactly one of them).
 
@@ -770,12 +782,17 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
         and actions, which embeddings do not say (`build_action_attention_mask(input_ids, config, mask)` gives it).
 
         `use_cache` defaults to `config.use_cache` outside training. `output_attentions` computes eager attention
-        for that call. Returns a `BaseModelOutputWithPast`, or its tuple with `return_dict=False`.
+        for that call. `cache_only` fills the cache and stops there: the last layer computes the tokens' keys and
+        values but no queries, attention or MLP, and `last_hidden_state` is None (a prefill whose hidden states
+        nobody reads, as in parallel action decoding). Returns a `BaseModelOutputWithPast`, or its tuple with
+        `return_dict=False`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
+        if cache_only and not use_cache:
+            raise ValueError("cache_only fills the KV cache: pass use_cache=True")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -823,7 +840,7 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
         position_embeddings = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, dtype)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
+        for layer in self.layers[:-1] if cache_only else self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, attention_weights = layer(
@@ -835,9 +852,16 @@ class WorldVLAModel(WorldVLAPreTrainedModel):
             )
             if output_attentions:
                 all_attentions += (attention_weights,)
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
+        if cache_only:
+            last_layer = self.layers[-1]
+            last_layer.self_attn.write_cache(
+                last_layer.input_layernorm(hidden_states), position_embeddings, past_key_values
+            )
+            hidden_states = None
+        else:
+            hidden_states = self.norm(hidden_states)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values,
@@ -1258,8 +1282,9 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
         config, layout = self.config, self.config.token_layout
         batch, chunk, device = input_ids.shape[0], config.action_chunk_size, input_ids.device
         cache = DynamicCache(config=config)
-        prompt = self.model(input_ids, attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
-        _check_finite(prompt.last_hidden_state[attention_mask.bool()], "hidden states of the prompt")
+        # The prompt's hidden states are never read: the blocks start from their [action start] tokens. Values that
+        # are not finite in the cache reach every step's hidden states, which are checked.
+        self.model(input_ids, attention_mask, past_key_values=cache, use_cache=True, cache_only=True)
 
         # The new blocks start after the last image: besides their own block they see the real prompt tokens
         # outside action blocks.
@@ -1276,12 +1301,20 @@ class WorldVLAForConditionalGeneration(WorldVLAPreTrainedModel, GenerationMixin)
             step_output = self.model(tokens, mask, first_positions + step, cache, use_cache=True, return_dict=True)
             hidden = step_output.last_hidden_state
             _check_finite(hidden, "hidden states")
-            # The head module, not its weight rows: an adapter on lm_head must act here as in `generate`.
-            bin_logits = self.lm_head(hidden)[..., layout.action_bin_slice]
+            bin_logits = self.action_bin_logits(hidden)
             _check_finite(bin_logits, "action-bin logits")
             tokens = windowed_bin_argmax(bin_logits, config.action_bin_window) + layout.first_action_bin_id
             bins.append(tokens)
         return torch.stack(bins, dim=-1)
+
+    def action_bin_logits(self, hidden_states):
+        """The head's logits (..., n_bins) over the action bins only, for hidden states (..., hidden)."""
+        bins = self.config.token_layout.action_bin_slice
+        if type(self.lm_head) is nn.Linear:
+            # The bin rows alone: the whole vocabulary's logits, thrown away here, were a tenth of a query's time.
+            return F.linear(hidden_states, self.lm_head.weight[bins])
+        # A wrapped head (a peft adapter) must act here as it does in `generate`: the module, then its bin columns.
+        return self.lm_head(hidden_states)[..., bins]
 
     @torch.no_grad()
     def predict_action(self, input_ids, attention_mask=None, processor=None, unnorm_key=None, decoding="parallel"):

@@ -11,8 +11,8 @@ code runs; its parts are timed from the outside (wrappers on the processor's met
   prefill      the prompt's forward through the decoder stack into a fresh KV cache (its action-mask build
                is shown apart as "of which: mask");
   decode       the rest of `generate_action_tokens` after the prefill: the decoding steps, their forwards of the
-               decoder stack ("of which: forwards") and of the language-model head ("of which: head", logits
-               of the whole vocabulary), the masks, checks and argmax;
+               decoder stack ("of which: forwards") and of the language-model head ("of which: head",
+               `model.action_bin_logits`: the logits of the action bins), the masks, checks and argmax;
   unnormalise  `processor.decode_actions` (bins to continuous actions);
   rest         the query's total minus the parts above, all measured in that call: frame and instruction checks,
                history bookkeeping, tensors of the prompt, the checks in `generate_action_tokens` before the
@@ -73,13 +73,12 @@ class QueryClock:
         self._wrap(processor, "build_action_sample", "prompt")
         self._wrap(processor, "decode_actions", "unnormalise")
         self._wrap(model, "generate_action_tokens", "generate")
+        self._wrap(model, "action_bin_logits", "head")
         # The prompt's action mask is built inside the decoder stack's forward, by the module-level function.
         self._wrap(sys.modules[type(model.model).__module__], "build_action_attention_mask", "mask")
         self._handles = [
             model.model.register_forward_pre_hook(lambda *_: self._stamp("forward_start")),
             model.model.register_forward_hook(lambda *_: self._stamp("forward_end")),
-            model.lm_head.register_forward_pre_hook(lambda *_: self._stamp("head_start")),
-            model.lm_head.register_forward_hook(lambda *_: self._stamp("head_end")),
         ]
         self.start()
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.generation import LogitsProcessorList
 
 from modeling_worldvla import (
@@ -117,6 +117,31 @@ def test_cached_generation_equals_full_forward(small_worldvla, frames, task):
         full = model(output.sequences).logits
     step_logits = torch.stack(output.logits, dim=1)
     torch.testing.assert_close(step_logits, full[:, prompt.shape[1] - 1 : -1], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_only_prefill_writes_the_cache_of_a_full_forward(frames):
+    model, processor = build_small_worldvla(seed=3)
+    inputs = processor(text="open the drawer", images=frames)
+    full_cache, cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with torch.no_grad():
+        model.model(**inputs, past_key_values=full_cache, use_cache=True)
+        output = model.model(**inputs, past_key_values=cache, use_cache=True, cache_only=True)
+    assert output.last_hidden_state is None
+    assert cache.get_seq_length() == full_cache.get_seq_length() == inputs["input_ids"].shape[1]
+    for layer, full_layer in zip(cache.layers, full_cache.layers, strict=True):
+        assert torch.equal(layer.keys, full_layer.keys) and torch.equal(layer.values, full_layer.values)
+    with pytest.raises(ValueError, match="cache_only fills the KV cache: pass use_cache=True"):
+        model.model(**inputs, use_cache=False, cache_only=True)
+
+
+def test_action_bin_logits_are_the_heads_bin_columns():
+    model, _ = build_small_worldvla(seed=2)
+    hidden = torch.randn(3, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    bins = model.config.token_layout.action_bin_slice
+    with torch.no_grad():
+        logits = model.action_bin_logits(hidden)
+        assert logits.shape == (3, 5, bins.stop - bins.start)
+        torch.testing.assert_close(logits, model.lm_head(hidden)[..., bins], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [5, 10])
