@@ -232,8 +232,8 @@ def evaluation_results(folder):
     return results
 
 
-def folder_megabytes(folder, pattern):
-    return sum(path.stat().st_size for path in Path(folder).glob(pattern)) / 2**20
+def megabytes(paths):
+    return round(sum(path.stat().st_size for path in paths if path.is_file()) / 2**20, 2)
 
 
 def training_costs(work, kind):
@@ -247,8 +247,10 @@ def training_costs(work, kind):
         "wall_seconds": round(sum(record["seconds"] for record in runs), 1) if runs else None,
         "invocations": len(runs),
         "peak_rss_mb": max((record["peak_rss_mb"] for record in runs), default=None),
-        "saved_mb": round(folder_megabytes(saved, "*.safetensors"), 2) if saved.is_dir() else None,
         "saved": "adapter" if kind == "lora" else "full model",
+        # The weights alone, and the folder a user downloads (with the processor's tokenizers).
+        "weights_mb": megabytes(saved.glob("*.safetensors")) if saved.is_dir() else None,
+        "folder_mb": megabytes(saved.rglob("*")) if saved.is_dir() else None,
         "held_out_action_accuracy": (summary or {}).get("metrics", {}).get("eval_ind_action_token_accuracy"),
     }
 
@@ -288,10 +290,8 @@ def summarize(work_dir):
 
 
 def teach_table(payload):
-    lines = [
-        "| new task | before (base) | after LoRA | after full fine-tuning | LoRA gain (points) | targets met |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["| new task | before (base) | after LoRA | after full fine-tuning | LoRA gain (points) | targets met |",
+             "|---|---|---|---|---|---|"] if payload["new_tasks"] else ["No evaluation on disk yet."]
     for row in payload["new_tasks"]:
         name = (row.get("lora") or row.get("before") or row.get("full") or {}).get("task_name", "")
         met = {True: "yes", False: "no"}.get(row.get("targets_met"), "-")
@@ -307,17 +307,18 @@ def teach_table(payload):
         lines.append(f"| {suite} | {rate_cell(forgetting['base'])} | {rate_cell(forgetting['lora'])} |")
     costs = payload["costs"]
     if any(costs.values()):
-        lines += ["", "| training | wall time (min) | runs | peak memory (MB) | saved | held-out action accuracy |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| training | wall time (min) | runs | peak memory (MB) | saved | weights (MB) | folder (MB) | "
+                  "held-out action accuracy |", "|---|---|---|---|---|---|---|---|"]
         for kind, cost in costs.items():
             if cost:
                 minutes = "-" if cost["wall_seconds"] is None else f"{cost['wall_seconds'] / 60:.1f}"
                 peak = "-" if cost["peak_rss_mb"] is None else f"{cost['peak_rss_mb']:.0f}"
-                saved = "-" if cost["saved_mb"] is None else f"{cost['saved_mb']:.1f} MB"
+                weights = "-" if cost["weights_mb"] is None else f"{cost['weights_mb']:.2f}"
+                folder = "-" if cost["folder_mb"] is None else f"{cost['folder_mb']:.1f}"
                 accuracy = cost["held_out_action_accuracy"]
                 accuracy = "-" if accuracy is None else f"{100 * accuracy:.1f}%"
                 name = "LoRA" if kind == "lora" else "full fine-tuning"
-                lines.append(f"| {name} | {minutes} | {cost['invocations']} | {peak} | {saved} ({cost['saved']}) | {accuracy} |")
+                lines.append(f"| {name} | {minutes} | {cost['invocations']} | {peak} | {cost['saved']} | {weights} | {folder} | {accuracy} |")
     return "\n".join(lines) + "\n"
 
 

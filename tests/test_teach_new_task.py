@@ -94,7 +94,9 @@ def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path):
     assert all(record["seconds"] > 0 and record["peak_rss_mb"] > 100 for record in costs)  # a torch process
     lora, full = payload["costs"]["lora"], payload["costs"]["full"]
     assert (lora["saved"], full["saved"]) == ("adapter", "full model") and lora["invocations"] == full["invocations"] == 1
-    assert 0 < lora["saved_mb"] < full["saved_mb"]
+    assert 0 < lora["weights_mb"] < full["weights_mb"] and lora["weights_mb"] < lora["folder_mb"]
+    table = (tmp_path / "work" / "teach.md").read_text()
+    assert f"| LoRA | {lora['wall_seconds'] / 60:.1f} | 1 | {lora['peak_rss_mb']:.0f} | adapter | {lora['weights_mb']:.2f} |" in table
     assert (tmp_path / "work" / "lora" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "work" / "lora" / "model" / "model.safetensors").is_file()
 
