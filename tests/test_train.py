@@ -492,3 +492,36 @@ with torch.no_grad():
     local = PeftModel.from_pretrained(WorldVLAForConditionalGeneration.from_pretrained(workspace / "base"), tmp_path / "lora" / "adapter")
     expected = logits_of(local, torch.tensor([[0, 5, 9, 300, 17, 42, 8, 250]]))
     torch.testing.assert_close(torch.tensor(json.loads(loaded.stdout.strip().splitlines()[-1])), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_adapter_and_merged_model_from_the_hub_predict_the_trainers_actions(hub, workspace, tmp_path):
+    """One LoRA run, its adapter and its merged model pushed: the adapter loaded with peft on its Hub base and the
+    merged model loaded by id predict the actions of the local merged model, with the statistics the run saved."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from processing_worldvla import WorldVLAProcessor
+    from scripts.push_checkpoint import push_folder
+
+    base_commit = push_folder(workspace / "base", "org/base-teach").oid
+    run_train(workspace, tmp_path / "teach", "--max-steps", 2, "--lora-rank", 4, "--merge-lora", "true",
+              "--base-model-id", "org/base-teach", "--base-model-revision", base_commit)
+    push_folder(tmp_path / "teach" / "adapter", "org/teach-lora")
+    push_folder(tmp_path / "teach" / "model", "org/teach-merged")
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    base = AutoModelForCausalLM.from_pretrained("org/base-teach", revision=base_commit, trust_remote_code=True)
+    adapter = PeftModel.from_pretrained(base, "org/teach-lora").eval()
+    adapter_processor = WorldVLAProcessor.from_pretrained("org/teach-lora")
+    merged = AutoModelForCausalLM.from_pretrained("org/teach-merged", trust_remote_code=True).eval()
+    merged_processor = WorldVLAProcessor.from_pretrained("org/teach-merged")
+    local = WorldVLAForConditionalGeneration.from_pretrained(tmp_path / "teach" / "model").eval()
+    assert adapter_processor.default_unnorm_key == merged_processor.default_unnorm_key == "data"
+
+    inputs = adapter_processor(text="pick up the object number 1 and place it in the basket", images=frames)
+    expected = local.predict_action(**inputs, processor=WorldVLAProcessor.from_pretrained(tmp_path / "teach" / "model"))
+    np.testing.assert_array_equal(adapter.predict_action(**inputs, processor=adapter_processor), expected)
+    np.testing.assert_array_equal(merged.predict_action(**inputs, processor=merged_processor), expected)
+    with torch.no_grad(), adapter.disable_adapter():  # the adapter is trained: without it the logits move
+        assert not torch.allclose(adapter(**inputs).logits, local(**inputs).logits)
