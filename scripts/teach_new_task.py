@@ -127,8 +127,9 @@ def training_command(args, kind):
 
 
 def evaluation_command(args, model, suite, tasks, trials, output_dir, unnorm_key=None):
+    """eval_libero.py of `model` on `tasks` (eval_libero.py's --tasks: ids joined by commas, or 'all')."""
     return [
-        sys.executable, "eval_libero.py", "--model", str(model), "--suite", suite, "--tasks", ",".join(map(str, tasks)),
+        sys.executable, "eval_libero.py", "--model", str(model), "--suite", suite, "--tasks", tasks,
         "--trials", trials, "--num-workers", str(args.workers), "--threads", "1", "--output-dir", str(output_dir),
         *(["--unnorm-key", unnorm_key] if unnorm_key else []),
     ]
@@ -148,12 +149,11 @@ def stage_commands(args):
     ]
 
     def on_new_tasks(model, name):
-        return [evaluation_command(args, model, suite, tasks, args.eval_trials, work / "eval" / name / suite)
+        return [evaluation_command(args, model, suite, ",".join(map(str, tasks)), args.eval_trials, work / "eval" / name / suite)
                 for suite, tasks in suites.items()]
 
-    base_tasks = args.base_tasks if args.base_tasks == "all" else args.base_tasks.split(",")
     forgetting = [
-        evaluation_command(args, model, args.base_suite, base_tasks, args.base_trials, work / "eval" / f"forgetting_{name}", base_key)
+        evaluation_command(args, model, args.base_suite, args.base_tasks, args.base_trials, work / "eval" / f"forgetting_{name}", base_key)
         for name, model in (("base", args.base), ("lora", work / "lora" / "model"))
     ]
     return {

@@ -65,6 +65,9 @@ def test_lora_and_full_fine_tuning_share_data_steps_batch_and_seed(tmp_path, wri
     assert option(base_eval, "--model") == str(wrist_base) and option(merged_eval, "--model") == str(tmp_path / "lora" / "model")
     key = json.loads((wrist_base / "processor_config.json").read_text())["default_unnorm_key"]
     assert all(option(c, "--unnorm-key") == key and option(c, "--suite") == "libero_spatial" for c in commands["forgetting"])
+    assert all(option(c, "--tasks") == "all" and option(c, "--trials") == "0-4" for c in commands["forgetting"])
+    chosen = teach.stage_commands(arguments(tmp_path, wrist_base, "--base-tasks", "0,3", "--base-trials", "0-19"))["forgetting"]
+    assert all(option(c, "--tasks") == "0,3" and option(c, "--trials") == "0-19" for c in chosen)
 
 
 def test_bad_requests_are_refused_with_the_reason(tmp_path, wrist_base, capsys):
