@@ -225,7 +225,12 @@ class DemoWriter:
         os.replace(temporary, final)
 
     def finalize(self):
-        """Merges the existing demos and the new parts into the dataset file; returns its demo count."""
+        """Merges the existing demos and the new parts into the dataset file; returns its demo count. Without new
+        parts an existing file is left untouched (train.py's tokenised cache is keyed on its modification time)."""
+        if os.path.exists(self.path) and not self.part_files():
+            os.rmdir(self.parts_dir)
+            with h5py.File(self.path, "r") as file:
+                return int(file["data"].attrs["num_demos"])
         temporary = self.path + ".tmp"
         sources = ([self.path] if os.path.exists(self.path) else []) + self.part_files()
         total = 0
