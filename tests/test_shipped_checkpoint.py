@@ -3,9 +3,9 @@ tokens for a fixed rendered frame, and drives a real LIBERO episode through eval
 (third-person and wrist cameras) solves a real episode; every shipped folder carries this repository's code files.
 
 The golden frame is the upright third-person view of libero_spatial task 0, fixed initial state 0, after the
-protocol's 10 waiting steps, rendered at the model's size and stored as PNG; the golden tokens are what the
-checkpoint decoded from it when it was shipped (parallel and sequential decoding alike). Regenerate both after
-shipping a new checkpoint with
+protocol's 10 waiting steps, rendered at the model's size and stored as PNG (with the wrist camera's frame of the
+same step beside it for a `wrist_camera` model); the golden tokens are what the checkpoint decoded from it when it
+was shipped (parallel and sequential decoding alike). Regenerate both after shipping a new checkpoint with
 
     python tests/test_shipped_checkpoint.py --regenerate
 """
@@ -25,6 +25,7 @@ TASK0_CHECKPOINT = ROOT / "checkpoints" / "worldvla-libero-spatial-64-task0"
 CODE_FILES = ("configuration_worldvla.py", "modeling_worldvla.py", "processing_worldvla.py")
 GOLDEN = ROOT / "tests" / "data" / "shipped_checkpoint_golden.json"
 GOLDEN_FRAME = ROOT / "tests" / "data" / "libero_spatial_task0_state0.png"
+GOLDEN_WRIST_FRAME = ROOT / "tests" / "data" / "libero_spatial_task0_state0_wrist.png"
 SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 DECODE_GOLDEN_FRAME = """
@@ -32,20 +33,26 @@ import json, sys
 import numpy as np
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
-checkpoint, frame_path, instruction = sys.argv[1:4]
+checkpoint, instruction, frame_paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-frame = np.asarray(Image.open(frame_path).convert("RGB"))
-inputs = processor(text=instruction, images=[frame])
+frames = [np.asarray(Image.open(path).convert("RGB")) for path in frame_paths]
+inputs = processor(text=instruction, images=frames)
 tokens = {decoding: model.generate_action_tokens(**inputs, decoding=decoding)[0].tolist() for decoding in ("parallel", "sequential")}
 actions = processor.decode_actions(np.asarray(tokens["parallel"]))
 print(json.dumps({"class": type(model).__module__, "tokens": tokens, "actions": actions.tolist()}))
 """
 
 
+def golden_frames():
+    """The prompt's frames: the third-person one, then the wrist camera's for a `wrist_camera` checkpoint."""
+    wrist_camera = json.loads((CHECKPOINT / "config.json").read_text()).get("wrist_camera", False)
+    return [GOLDEN_FRAME, GOLDEN_WRIST_FRAME] if wrist_camera else [GOLDEN_FRAME]
+
+
 def decode_golden_frame(instruction):
     result = subprocess.run(
-        [sys.executable, "-c", DECODE_GOLDEN_FRAME, str(CHECKPOINT), str(GOLDEN_FRAME), instruction],
+        [sys.executable, "-c", DECODE_GOLDEN_FRAME, str(CHECKPOINT), instruction, *map(str, golden_frames())],
         cwd=ROOT / "tests", env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,26 +109,31 @@ def regenerate():
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from libero_sim.env import NUM_WAIT_STEPS, WAIT_ACTION, get_suite, make_env, reset_to_initial_state, third_person_frame
+    from libero_sim.env import (
+        NUM_WAIT_STEPS, THIRD_PERSON_CAMERA, WAIT_ACTION, WRIST_CAMERA, get_suite, make_env, reset_to_initial_state,
+        third_person_frame, wrist_frame,
+    )
 
     config = json.loads((CHECKPOINT / "config.json").read_text())
     suite = get_suite("libero_spatial")
     task = suite.get_task(0)
-    env = make_env(suite.get_task_bddl_file_path(0), resolution=config["image_size"])
+    cameras = (THIRD_PERSON_CAMERA, WRIST_CAMERA) if config.get("wrist_camera", False) else (THIRD_PERSON_CAMERA,)
+    env = make_env(suite.get_task_bddl_file_path(0), camera_names=cameras, resolution=config["image_size"])
     try:
         obs = reset_to_initial_state(env, suite.get_task_init_states(0)[0], seed=0)
         for _ in range(NUM_WAIT_STEPS):
             obs, _, _, _ = env.step(WAIT_ACTION)
-        frame = third_person_frame(obs)
+        frames = [third_person_frame(obs), *([wrist_frame(obs)] if WRIST_CAMERA in cameras else [])]
     finally:
         env.close()
     GOLDEN_FRAME.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(frame).save(GOLDEN_FRAME)
+    for frame, path in zip(frames, golden_frames()):
+        Image.fromarray(frame).save(path)
     decoded = decode_golden_frame(task.language)
     assert decoded["tokens"]["parallel"] == decoded["tokens"]["sequential"]
     golden = {"instruction": task.language, "tokens": decoded["tokens"]["parallel"], "actions": decoded["actions"]}
     GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
-    print(f"wrote {GOLDEN} and {GOLDEN_FRAME}")
+    print(f"wrote {GOLDEN} and", " ".join(map(str, golden_frames())))
 
 
 if __name__ == "__main__":
