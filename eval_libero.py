@@ -645,7 +645,8 @@ def default_device():
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", help="local folder or Hugging Face Hub id of a WorldVLA checkpoint")
+    parser.add_argument("--model", help="local folder or Hugging Face Hub id of a WorldVLA checkpoint, or of a LoRA "
+                        "adapter of one (train.py --lora-rank: merged into the base its adapter_config.json names)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--unnorm-key", default=None, help="action statistics to un-normalise with (default: the processor's)")
     parser.add_argument("--policy", choices=("worldvla", "scripted"), default="worldvla", help="the model, or the privileged-state expert")

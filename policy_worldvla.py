@@ -52,6 +52,21 @@ def missing_local_checkpoint(name_or_path):
     return None
 
 
+def load_merged_adapter(adapter_name_or_path, revision=None, **model_kwargs):
+    """The base a LoRA adapter records, with the adapter merged into its weights (no LoRA layers left to slow
+    every query down)."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_config = PeftConfig.from_pretrained(adapter_name_or_path, revision=revision)
+    base_name = adapter_config.base_model_name_or_path
+    problem = missing_local_checkpoint(base_name)
+    if problem:
+        raise FileNotFoundError(f"the LoRA adapter {adapter_name_or_path} names its base {base_name!r}: {problem}")
+    base = AutoModelForCausalLM.from_pretrained(base_name, revision=adapter_config.revision, trust_remote_code=True, **model_kwargs)
+    return PeftModel.from_pretrained(base, adapter_name_or_path, revision=revision).merge_and_unload()
+
+
 class WorldVLAPolicy:
     """A WorldVLA model and its processor driven one control step at a time.
 
@@ -91,14 +106,22 @@ class WorldVLAPolicy:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", **model_kwargs):
         """Load model and processor of a checkpoint folder or Hub repo (remote code) onto `device`
-        (default: CUDA when present). The VQ encoder runs on the same device."""
+        (default: CUDA when present). The VQ encoder runs on the same device.
+
+        A LoRA adapter (a folder or repo with `adapter_config.json`, as `train.py --lora-rank` writes) loads on the
+        base it records (`base_model_name_or_path` at `revision`) and is merged into it; the processor, with the
+        action statistics of the fine-tuning data, is the adapter's."""
         from transformers import AutoModelForCausalLM, AutoProcessor
+        from transformers.utils import find_adapter_config_file
 
         problem = missing_local_checkpoint(pretrained_model_name_or_path)
         if problem:
             raise FileNotFoundError(problem)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
+        if find_adapter_config_file(str(pretrained_model_name_or_path), revision=revision):
+            model = load_merged_adapter(pretrained_model_name_or_path, revision, **model_kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True)
         processor.vq_model.to(device)
         return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding)

@@ -4,6 +4,7 @@
         --task libero_goal:8 --task libero_90:9 --data-dir data/teach_64_rise3_wrist --demos-per-task 30 \\
         --train-steps 1500 --eval-trials 0-19 --base-suite libero_spatial --base-tasks 0 --base-trials 0-19
     python scripts/teach_new_task.py --work-dir runs/teach --summarize       # teach.json + teach.md
+    python scripts/teach_new_task.py ...(the same options)... --stages ship  # the adapter into checkpoints/<--name>
 
 Stages (`--stages`, in this order; rerun the same command after a stop and each continues from what is on disk):
 
@@ -16,6 +17,7 @@ Stages (`--stages`, in this order; rerun the same command after a stop and each 
 | forgetting | `eval_libero.py` of the merged model and of the base on the base's own tasks (`--base-*`) | `eval/forgetting_*` |
 | full | `train.py` in full from the base, with the same demos, steps, batch and seed | `full/model` |
 | full_after | `eval_libero.py` of the fully fine-tuned model on each new task | `eval/full/<suite>` |
+| ship | (copy; only when named in `--stages`) | `checkpoints/<--name>`: the adapter, its base as given, the table |
 
 Each training run's wall time and peak memory (the largest resident set of the train.py process) are appended to
 `costs.jsonl`, one line per invocation, so that a run resumed over several sessions adds up. The demos come from
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +41,8 @@ from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import append_jsonl, read_jsonl, write_json_atomically, write_text_atomically  # noqa: E402
 
-STAGES = ("demos", "before", "lora", "after", "forgetting", "full", "full_after")
+STAGES = ("demos", "before", "lora", "after", "forgetting", "full", "full_after", "ship")
+DEFAULT_STAGES = STAGES[:-1]  # shipping writes into the repository's checkpoints/: only on request
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 COSTS_FILE, SUMMARY_FILE, TABLE_FILE = "costs.jsonl", "teach.json", "teach.md"
 TARGET_AFTER, TARGET_GAIN = 0.5, 0.3  # the issue's targets: at least 50% after, at least 30 points above before
@@ -56,7 +60,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--work-dir", required=True, help="training runs, evaluations, costs and the table")
     parser.add_argument("--summarize", action="store_true", help="only write teach.json and teach.md from what is on disk")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages, of {', '.join(STAGES)}")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"comma-separated stages, of {', '.join(STAGES)}")
+    parser.add_argument("--name", default="worldvla-teach-lora", help="folder under checkpoints/ that the ship stage writes")
     parser.add_argument("--base", help="the trained WorldVLA to teach (a local checkpoint folder)")
     parser.add_argument("--task", action="append", type=parse_task, default=[], metavar="SUITE:ID",
                         help="a new task, e.g. libero_goal:8 (repeat the option for each)")
@@ -202,7 +207,9 @@ def main(argv=None):
     for stage in STAGES:
         if stage not in args.stage_list:
             continue
-        for command in commands[stage]:
+        if stage == "ship":
+            ship(args, commands)
+        for command in commands.get(stage, ()):
             if stage in ("lora", "full") and (work / stage / "model").is_dir():
                 logger.info("%s: %s exists, skipped", stage, work / stage / "model")
             elif stage in ("lora", "full"):
@@ -211,6 +218,54 @@ def main(argv=None):
                 run(command, work / "logs" / f"{stage}.log")
         logger.info("stage %s done", stage)
     return summarize(work)
+
+
+def shipped_base_name(base):
+    """How the shipped adapter names its base: a folder of this repository by its path from the repository's root
+    (where the README's commands run), anything else as given."""
+    path = Path(base).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(base)
+
+
+def ship(args, commands):
+    """Copies the LoRA adapter into checkpoints/<name>, naming its base from the repository's root, with the table
+    of what was measured and the commands in its model card."""
+    work = Path(args.work_dir)
+    adapter = work / "lora" / "adapter"
+    payload = summarize(work)
+    if not adapter.is_dir() or not any(row.get("lora") for row in payload["new_tasks"]):
+        raise SystemExit(f"nothing to ship: run the lora and after stages first ({adapter}, {work / 'eval' / 'lora'})")
+    target = ROOT / "checkpoints" / args.name
+    staging = target.with_name(target.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(adapter, staging)
+    adapter_config = json.loads((staging / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = shipped_base_name(args.base)
+    write_json_atomically(staging / "adapter_config.json", adapter_config)
+    for name in (SUMMARY_FILE, TABLE_FILE):
+        shutil.copy2(work / name, staging / name)
+    # train.py's card loads the adapter and its base from where they were trained; this one, from where they are shipped.
+    card = (staging / "README.md").read_text()
+    card = card.replace(repr(str(adapter.resolve())), repr(f"checkpoints/{args.name}"))
+    card = card.replace(repr(str(Path(args.base).resolve())), repr(adapter_config["base_model_name_or_path"]))
+    stage_lines = "\n".join(shlex.join(["python", *command[1:]]) for stage_commands in commands.values() for command in stage_commands)
+    evaluate = "\n".join(
+        f"python eval_libero.py --model checkpoints/{args.name} --suite {suite} --tasks {','.join(map(str, tasks))} "
+        f"--trials {args.eval_trials} --output-dir runs/eval_{args.name}_{suite}"
+        for suite, tasks in tasks_by_suite(args.task).items()
+    )
+    card += (
+        f"\n## In LIBERO\n\n`eval_libero.py` and `WorldVLAPolicy` load the adapter on its base and merge it:\n\n"
+        f"```bash\n{evaluate}\n```\n"
+        f"\n## Measured (`{TABLE_FILE}`, `{SUMMARY_FILE}`)\n\nLIBERO, the benchmark's fixed initial states; before is the "
+        f"base `{adapter_config['base_model_name_or_path']}`, after is the base with this adapter merged.\n\n"
+        f"{(work / TABLE_FILE).read_text()}\n## Reproduce\n\n```bash\n{stage_lines}\n```\n"
+    )
+    write_text_atomically(staging / "README.md", card)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    logger.info("shipped %s (%.1f MB)", target, megabytes(target.rglob("*")))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -209,3 +209,42 @@ def test_batched_policies_must_share_one_model(small_worldvla, episode_frames):
         select_actions([first, other_model], episode_frames[:2], INSTRUCTION)
     with pytest.raises(ValueError, match="2 policies but 1 frames"):
         select_actions([first, first.for_another_env()], episode_frames[:1], INSTRUCTION)
+
+
+def test_a_lora_adapter_loads_merged_on_the_base_it_records(small_worldvla, episode_frames, tmp_path):
+    """An adapter folder (adapter_config.json, adapter weights, processor) as `train.py --lora-rank` writes it: the
+    policy is its recorded base with the adapter merged, weight for weight, and acts as that merged model does."""
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = small_worldvla
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)  # init_lora_weights=False: a non-zero adapter, so merging it moves the weights
+    adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    adapted.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    adapted.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    merged = adapted.merge_and_unload().eval()
+
+    policy = WorldVLAPolicy.from_pretrained(tmp_path / "adapter", device="cpu")
+    loaded, expected, base = policy.model.state_dict(), merged.state_dict(), model.state_dict()
+    assert loaded.keys() == expected.keys() and not any("lora" in name for name in loaded)
+    for name in loaded:
+        torch.testing.assert_close(loaded[name], expected[name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(loaded["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    np.testing.assert_array_equal(
+        policy.predict_action_chunk(episode_frames[0], INSTRUCTION),
+        WorldVLAPolicy(merged, processor).predict_action_chunk(episode_frames[0], INSTRUCTION),
+    )
+
+
+def test_a_lora_adapter_whose_base_is_missing_says_so(small_worldvla, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = small_worldvla
+    adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"]))
+    adapted.peft_config["default"].base_model_name_or_path = str(tmp_path / "moved-away")
+    adapted.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(FileNotFoundError, match=f"names its base '{tmp_path / 'moved-away'}'.*no such folder"):
+        WorldVLAPolicy.from_pretrained(tmp_path / "adapter", device="cpu")

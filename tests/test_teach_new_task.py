@@ -83,7 +83,7 @@ def test_bad_requests_are_refused_with_the_reason(tmp_path, wrist_base, capsys):
         assert reason in capsys.readouterr().err
 
 
-def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path):
+def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path, monkeypatch):
     base = tmp_path / "base"
     model, processor = build_small_worldvla(seed=1)
     model.save_pretrained(base)
@@ -105,6 +105,27 @@ def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path):
 
     teach.main(argv)  # both models exist: nothing trains again
     assert len((tmp_path / "work" / "costs.jsonl").read_text().splitlines()) == 2
+
+    # Shipping, into a stand-in repository holding the base: the adapter names its base from the repository's root,
+    # and loads on it from there as a policy.
+    from policy_worldvla import WorldVLAPolicy
+
+    monkeypatch.setattr(teach, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="nothing to ship"):
+        teach.main([*argv, "--stages", "ship"])
+    write_evaluation(tmp_path / "work" / "eval" / "lora" / "libero_goal", "libero_goal", {8: [True] * 3 + [False]})
+    teach.main([*argv, "--stages", "ship", "--name", "taught"])
+    shipped = tmp_path / "checkpoints" / "taught"
+    assert json.loads((shipped / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
+    assert (shipped / "teach.md").read_text() == (tmp_path / "work" / "teach.md").read_text()
+    card = (shipped / "README.md").read_text()
+    assert "from_pretrained('base', trust_remote_code=True)" in card and "PeftModel.from_pretrained(base, 'checkpoints/taught')" in card
+    assert "python eval_libero.py --model checkpoints/taught --suite libero_goal --tasks 8 --trials 0-19" in card
+    assert "| libero_goal 8 `task_8` | - | 3/4 (75%, 30-95%) |" in card
+    assert not (tmp_path / "checkpoints" / "taught.incomplete").exists()
+    policy = WorldVLAPolicy.from_pretrained("checkpoints/taught", device="cpu")
+    assert policy.unnorm_key == "data"
 
 
 def write_evaluation(folder, suite, outcomes):
