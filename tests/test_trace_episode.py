@@ -31,3 +31,20 @@ def test_a_model_is_needed_by_the_worldvla_policy_only(tmp_path):
         trace_episode.parse_args(["--output", str(tmp_path / "t.json")])
     with pytest.raises(SystemExit):
         trace_episode.parse_args(["--policy", "scripted", "--model", "m", "--output", str(tmp_path / "t.json")])
+
+
+def test_plot_traces_places_the_hand_relative_to_the_objects_first_position(tmp_path):
+    from PIL import Image
+
+    from scripts import plot_traces
+
+    rows = [{"hand": [0.1 * step, 0.2, 1.0 - 0.1 * step], "finger_gap": 0.08, "action": [0.0] * 7,
+             "objects": {"bowl": [0.05 + step, -0.1, 0.9], "plate": [0.0, 0.0, 0.9]}} for step in range(4)]
+    trace = {"settings": {}, "summary": {"success": False, "policy_steps": 4, "first_close_step": 2}, "rows": rows}
+    np.testing.assert_allclose(plot_traces.hand_relative_to(trace, "bowl"),
+                               [[-0.05, 0.3, 0.1], [0.05, 0.3, 0.0], [0.15, 0.3, -0.1], [0.25, 0.3, -0.2]], atol=1e-12)
+    with pytest.raises(SystemExit, match=r"no object 'mug' in the trace; it has \['bowl', 'plate'\]"):
+        plot_traces.hand_relative_to(trace, "mug")
+    (tmp_path / "a.json").write_text(json.dumps(trace))
+    plot_traces.main(["model=" + str(tmp_path / "a.json"), "--object", "bowl", "--output", str(tmp_path / "paths.png")])
+    assert Image.open(tmp_path / "paths.png").size == (1350, 378)  # 15 x 4.2 inches at 90 dpi
