@@ -525,3 +525,12 @@ def test_lora_adapter_and_merged_model_from_the_hub_predict_the_trainers_actions
     np.testing.assert_array_equal(merged.predict_action(**inputs, processor=merged_processor), expected)
     with torch.no_grad(), adapter.disable_adapter():  # the adapter is trained: without it the logits move
         assert not torch.allclose(adapter(**inputs).logits, local(**inputs).logits)
+
+    # As a policy (what eval_libero.py loads): the adapter's id alone, merged on the Hub base it records.
+    from policy_worldvla import WorldVLAPolicy
+
+    hub_policy = WorldVLAPolicy.from_pretrained("org/teach-lora", device="cpu")
+    local_policy = WorldVLAPolicy.from_pretrained(tmp_path / "teach" / "model", device="cpu")
+    instruction = "pick up the object number 1 and place it in the basket"
+    np.testing.assert_array_equal(hub_policy.predict_action_chunk(frames[0], instruction),
+                                  local_policy.predict_action_chunk(frames[0], instruction))
