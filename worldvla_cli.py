@@ -9,6 +9,7 @@ calls `quiet_third_party_warnings()` before robosuite is imported.
 import argparse
 import logging
 import warnings
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -56,3 +57,15 @@ def configure_logging(level=logging.INFO):
     """What every command-line tool of the project starts with: timestamped log lines, the filters above."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party_warnings()
+
+
+def labelled_file(written_by):
+    """An argparse type for LABEL=FILE arguments (plots that compare runs): (label, Path) of an existing file."""
+
+    def parse(text):
+        label, separator, path = text.partition("=")
+        if not separator or not label or not Path(path).is_file():
+            raise argparse.ArgumentTypeError(f"LABEL=FILE with an existing {written_by} output, got {text!r}")
+        return label, Path(path)
+
+    return parse

@@ -14,14 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worldvla_cli import HelpFormatter  # noqa: E402
-
-
-def labelled_file(text):
-    label, separator, path = text.partition("=")
-    if not separator or not label or not Path(path).is_file():
-        raise argparse.ArgumentTypeError(f"LABEL=FILE with an existing diagnose_policy.py output, got {text!r}")
-    return label, Path(path)
+from worldvla_cli import HelpFormatter, labelled_file  # noqa: E402
 
 
 def plot(diagnoses, split, output, title=None):
@@ -58,7 +51,7 @@ def plot(diagnoses, split, output, title=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("diagnoses", nargs="+", type=labelled_file, metavar="LABEL=FILE")
+    parser.add_argument("diagnoses", nargs="+", type=labelled_file("diagnose_policy.py"), metavar="LABEL=FILE")
     parser.add_argument("--split", default="train", help="the demos' split to plot (train, val_ind, val_ood)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--output", required=True, help="the PNG to write")

@@ -16,14 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worldvla_cli import HelpFormatter  # noqa: E402
-
-
-def labelled_file(text):
-    label, separator, path = text.partition("=")
-    if not separator or not label or not Path(path).is_file():
-        raise argparse.ArgumentTypeError(f"LABEL=FILE with an existing trace_episode.py output, got {text!r}")
-    return label, Path(path)
+from worldvla_cli import HelpFormatter, labelled_file  # noqa: E402
 
 
 def hand_relative_to(trace, name):
@@ -71,7 +64,7 @@ def plot(traces, name, output, title=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("traces", nargs="+", type=labelled_file, metavar="LABEL=FILE")
+    parser.add_argument("traces", nargs="+", type=labelled_file("trace_episode.py"), metavar="LABEL=FILE")
     parser.add_argument("--object", required=True, help="the object to plot the hand against, e.g. akita_black_bowl_1")
     parser.add_argument("--title", default=None)
     parser.add_argument("--output", required=True, help="the PNG to write")
