@@ -137,6 +137,7 @@ def load_policy(config):
             unnorm_key=config["unnorm_key"],
             n_action_steps=config["n_action_steps"],
             decoding=config["decoding"],
+            gripper_hold=config.get("gripper_hold") or 1,
             dtype=getattr(torch, config["dtype"]),
             **({} if config.get("action_bin_window") is None else {"action_bin_window": config["action_bin_window"]}),
         )
@@ -452,10 +453,10 @@ def work_units(pending, num_workers):
 # What decides an episode's outcome: a results folder holds episodes of one set of these only.
 OUTCOME_SETTINGS = (
     "policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype",
-    "action_bin_window",
+    "action_bin_window", "gripper_hold",
 )
 # A model's results written before a setting existed ran with what is now its default.
-MODEL_SETTING_DEFAULTS = {"action_bin_window": 1}
+MODEL_SETTING_DEFAULTS = {"action_bin_window": 1, "gripper_hold": 1}
 
 
 def recorded_setting(settings, name):
@@ -533,6 +534,7 @@ def evaluate(config):
         config["resolved_unnorm_key"] = policy.policy.unnorm_key
         config["model_resolved"] = getattr(policy.policy.model.config, "_name_or_path", None)
         config["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
+        config["gripper_hold"] = policy.policy.gripper_hold
     settings = outcome_settings(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(output_dir, settings)
@@ -681,6 +683,11 @@ def parse_args(argv=None):
         help="decode each action bin as the likeliest bin of the likeliest window of this many bins (odd; 1: the "
         "release's argmax; default: the checkpoint's config)",
     )
+    parser.add_argument(
+        "--gripper-hold", type=int, default=None,
+        help="execute a gripper command that reverses the executed one only after this many consecutive actions give "
+        "it (default 1: every action as decoded, the paper's protocol)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's policy-step limit (smoke tests only: reported numbers use the protocol's)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_DIR", help="instead of running: merge these results folders into --output-dir")
     args = parser.parse_args(argv)
@@ -690,6 +697,8 @@ def parse_args(argv=None):
         return args
     if args.policy == "worldvla" and not args.model:
         parser.error("--model is required with --policy worldvla")
+    if args.policy != "worldvla" and args.gripper_hold is not None:
+        parser.error("--gripper-hold applies to a WorldVLA policy (--policy worldvla)")
     if args.policy == "worldvla" and missing_local_checkpoint(args.model):
         parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:

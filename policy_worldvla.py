@@ -8,7 +8,9 @@
 The API follows LeRobot's policies (`reset`, `select_action` with an action queue, `predict_action_chunk`).
 `select_action` records the frame in the history and, when its queue is empty, queries the model for a chunk of
 K actions and queues the first `n_action_steps` of them: K (the default) executes the whole chunk open loop, as
-the paper's evaluation does; fewer re-plans sooner (receding horizon).
+the paper's evaluation does; fewer re-plans sooner (receding horizon). `gripper_hold=N` (off by default, the
+paper's protocol) executes a gripper command that reverses the executed one only once N consecutive actions have
+given it, so that one stray decoded action does not open a gripper that holds an object.
 
 The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
 training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
@@ -77,9 +79,12 @@ class WorldVLAPolicy:
         n_action_steps (`int`, *optional*): actions of each predicted chunk executed before the next query;
             defaults to the whole chunk (`action_chunk_size`).
         decoding (`str`): "parallel" (the K blocks together, the default) or "sequential" (token by token).
+        gripper_hold (`int`): consecutive actions that must reverse the executed gripper command (its sign) before
+            the reversal is executed; until then the executed gripper command is repeated. 1 (the default) executes
+            every action as decoded.
     """
 
-    def __init__(self, model, processor, unnorm_key=None, n_action_steps=None, decoding="parallel"):
+    def __init__(self, model, processor, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1):
         processor.check_compatible(model.config, check_weights=True)
         config = model.config
         self.model = model.eval()
@@ -101,10 +106,13 @@ class WorldVLAPolicy:
         if decoding not in ("parallel", "sequential"):
             raise ValueError(f"decoding must be 'parallel' or 'sequential', got {decoding!r}")
         self.decoding = decoding
+        if isinstance(gripper_hold, bool) or not isinstance(gripper_hold, int) or gripper_hold < 1:
+            raise ValueError(f"gripper_hold must be an integer >= 1 (1: every action as decoded), got {gripper_hold!r}")
+        self.gripper_hold = gripper_hold
         self.reset()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", **model_kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1, **model_kwargs):
         """Load model and processor of a checkpoint folder or Hub repo (remote code) onto `device`
         (default: CUDA when present). The VQ encoder runs on the same device.
 
@@ -124,7 +132,7 @@ class WorldVLAPolicy:
             model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True)
         processor.vq_model.to(device)
-        return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding)
+        return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding, gripper_hold=gripper_hold)
 
     def reset(self):
         """Forget the history and the queued actions: call at the start of every episode."""
@@ -132,6 +140,8 @@ class WorldVLAPolicy:
         self._history = deque(maxlen=self.history_frames)  # ObservedStep
         self._action_queue = deque()
         self._instruction = None
+        self._executed_gripper = None  # the last executed gripper command
+        self._gripper_reversals = 0  # consecutive actions reversing it
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -207,7 +217,20 @@ class WorldVLAPolicy:
         self.observe(frame, wrist_frame)
         if not self._action_queue:
             self._action_queue.extend(self._query(instruction)[: self.n_action_steps])
-        return self._action_queue.popleft()
+        return self._next_action()
+
+    def _next_action(self):
+        action = self._action_queue.popleft()
+        gripper = action[-1]
+        if self._executed_gripper is not None and (gripper > 0) != (self._executed_gripper > 0):
+            self._gripper_reversals += 1
+            if self._gripper_reversals < self.gripper_hold:
+                action = action.copy()
+                action[-1] = self._executed_gripper
+                return action
+        self._gripper_reversals = 0
+        self._executed_gripper = gripper
+        return action
 
 
 @dataclass
@@ -275,4 +298,4 @@ def select_actions(policies, frames, instruction, wrist_frames=None):
     if querying:
         for policy, chunk in zip(querying, _query_chunks(querying, instruction)):
             policy._action_queue.extend(chunk[: policy.n_action_steps])
-    return [policy._action_queue.popleft() for policy in policies]
+    return [policy._next_action() for policy in policies]

@@ -96,10 +96,14 @@ def parse_args(argv=None):
     parser.add_argument("--max-steps", type=int, default=None, help="policy steps (default: the suite's budget)")
     parser.add_argument("--action-bin-window", type=int, default=None,
                         help="the decoding's action_bin_window (default: the checkpoint's config)")
+    parser.add_argument("--gripper-hold", type=int, default=1,
+                        help="the policy's gripper_hold (eval_libero.py's --gripper-hold; 1: every action as decoded)")
     parser.add_argument("--output", required=True, help="the trace's JSON file")
     args = parser.parse_args(argv)
     if (args.policy == "worldvla") != (args.model is not None):
         parser.error("--model is needed by --policy worldvla, and only by it")
+    if args.policy != "worldvla" and args.gripper_hold != 1:
+        parser.error("--gripper-hold applies to a WorldVLA policy (--policy worldvla)")
     return args
 
 
@@ -112,7 +116,7 @@ def main(argv=None):
         from policy_worldvla import WorldVLAPolicy
 
         overrides = {} if args.action_bin_window is None else {"action_bin_window": args.action_bin_window}
-        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model, **overrides))
+        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model, gripper_hold=args.gripper_hold, **overrides))
         env = make_env(bddl_file, camera_names=policy.camera_names, resolution=policy.image_size)
     else:
         from libero_sim.expert import ScriptedExpert
@@ -133,6 +137,7 @@ def main(argv=None):
     settings = {key: getattr(args, key) for key in ("model", "policy", "suite", "task", "trial", "seed")}
     if args.policy == "worldvla":
         settings["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
+        settings["gripper_hold"] = args.gripper_hold
     write_json_atomically(args.output, {"settings": settings, "summary": summary, "rows": traced.rows})
     logger.info("%s", json.dumps(summary))
     return summary

@@ -189,6 +189,9 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_goal", "--perturbations", "env", "--output-dir", "x"])
     assert "Bad --perturbations 'env'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--policy", "scripted", "--gripper-hold", "3", "--output-dir", "x"])
+    assert "--gripper-hold applies to a WorldVLA policy" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +300,22 @@ def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, m
     assert third_person.shape == wrist.shape == (64, 64, 3) and np.abs(third_person.astype(int) - wrist).mean() > 10
 
 
+def test_the_gripper_hold_reaches_the_policy_and_the_settings(small_checkpoint, tmp_path):
+    """--gripper-hold is recorded with the episodes; a rerun without it (1, every action as decoded) into the same
+    folder is refused, and a folder written before the option existed reads as 1."""
+    output_dir = tmp_path / "eval"
+    args = ["--model", str(small_checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
+            "--output-dir", str(output_dir)]
+    summary = eval_libero.main([*args, "--gripper-hold", "3"])
+    assert summary["settings"]["gripper_hold"] == 3 and summary["errors"] == 0
+    with pytest.raises(SystemExit, match=r"'gripper_hold': \(3, 1\)"):
+        eval_libero.main(args)
+    settings = json.loads((output_dir / "settings.json").read_text())
+    del settings["gripper_hold"]
+    (output_dir / "settings.json").write_text(json.dumps(settings))
+    assert eval_libero.main(args)["episodes"] == 1  # resumed: the episode is not run again
+
+
 def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkpoint, tmp_path):
     """--action-bin-window overrides the checkpoint's config for the episodes, is recorded, and a rerun with the
     checkpoint's own window (1) into the same folder is refused; trace_episode.py records the window it ran."""
@@ -310,6 +329,7 @@ def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkp
     with pytest.raises(SystemExit, match=r"'action_bin_window': \(9, 1\)"):
         eval_libero.main(args)
     trace = trace_episode.main(["--model", str(small_checkpoint), "--max-steps", "5", "--action-bin-window", "9",
-                                "--output", str(tmp_path / "trace.json")])
+                                "--gripper-hold", "2", "--output", str(tmp_path / "trace.json")])
     assert trace["policy_steps"] == 5
-    assert json.loads((tmp_path / "trace.json").read_text())["settings"]["action_bin_window"] == 9
+    settings = json.loads((tmp_path / "trace.json").read_text())["settings"]
+    assert settings["action_bin_window"] == 9 and settings["gripper_hold"] == 2

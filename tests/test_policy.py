@@ -125,6 +125,42 @@ def test_bad_arguments_are_refused(small_worldvla, episode_frames):
         WorldVLAPolicy(model, processor).select_action(episode_frames[0], "")
 
 
+def test_gripper_hold_lets_a_reversal_through_only_after_consecutive_actions_give_it(small_worldvla, episode_frames, monkeypatch):
+    """gripper_hold=3: a stray open command inside a closed grasp is replaced by the executed close (the other six
+    numbers of the action as decoded); three opens in a row open it. gripper_hold=1 executes the chunks as decoded,
+    and select_actions holds the gripper the same way."""
+    import policy_worldvla
+
+    grippers = [[0.9, 0.9, 0.8, 0.9, -0.7], [0.9, 0.9, -0.6, -0.7, -0.8], [-0.9, 0.5, -0.9, -0.9, -0.9]]
+    chunks = []
+    for chunk_grippers in grippers:
+        chunk = np.arange(35, dtype=np.float64).reshape(5, 7) / 100 + len(chunks)
+        chunk[:, -1] = chunk_grippers
+        chunks.append(chunk)
+    queries = iter(())
+    monkeypatch.setattr(policy_worldvla, "_query_chunks", lambda policies, instruction: [next(queries) for _ in policies])
+    decoded = np.concatenate(chunks)
+    frames = episode_frames + episode_frames[:3]  # 15 steps: three chunks
+
+    executed = {}
+    for hold in (1, 3):
+        queries = iter(chunks)
+        policy = WorldVLAPolicy(*small_worldvla, gripper_hold=hold)
+        executed[hold] = np.stack([policy.select_action(frame, INSTRUCTION) for frame in frames])
+    np.testing.assert_array_equal(executed[1], decoded)
+    np.testing.assert_array_equal(executed[3][:, :6], decoded[:, :6])
+    held = [0.9, 0.9, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, -0.8, -0.9, -0.9, -0.9, -0.9, -0.9]
+    np.testing.assert_array_equal(executed[3][:, -1], held)  # steps 4, 7, 8 held; the close at step 11 held too
+
+    queries = iter(chunks)
+    batched = WorldVLAPolicy(*small_worldvla, gripper_hold=3)
+    got = [select_actions([batched], [frame], INSTRUCTION)[0] for frame in frames]
+    np.testing.assert_array_equal(np.stack(got), executed[3])
+    for hold in (0, True, 2.0):
+        with pytest.raises(ValueError, match="gripper_hold"):
+            WorldVLAPolicy(*small_worldvla, gripper_hold=hold)
+
+
 def test_a_processor_of_another_model_is_refused(small_worldvla):
     from scripts.build_small_checkpoint import build_small_worldvla
 
