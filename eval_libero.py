@@ -455,7 +455,7 @@ OUTCOME_SETTINGS = (
     "policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype",
     "action_bin_window", "gripper_hold",
 )
-# A model's results written before a setting existed ran with what is now its default.
+# A model's settings without one of these (results written before it existed) mean its default.
 MODEL_SETTING_DEFAULTS = {"action_bin_window": 1, "gripper_hold": 1}
 
 
@@ -508,9 +508,9 @@ def check_settings(output_dir, settings):
     if path.exists():
         recorded = json.loads(path.read_text())
         different = {
-            k: (recorded_setting(recorded, k), settings.get(k))
+            k: (recorded_setting(recorded, k), recorded_setting(settings, k))
             for k in OUTCOME_SETTINGS
-            if recorded_setting(recorded, k) != settings.get(k)
+            if recorded_setting(recorded, k) != recorded_setting(settings, k)
         }
         if different:
             raise SystemExit(
