@@ -10,7 +10,8 @@ The API follows LeRobot's policies (`reset`, `select_action` with an action queu
 K actions and queues the first `n_action_steps` of them: K (the default) executes the whole chunk open loop, as
 the paper's evaluation does; fewer re-plans sooner (receding horizon). `gripper_hold=N` (off by default, the
 paper's protocol) executes a gripper command that reverses the executed one only once N consecutive actions have
-given it, so that one stray decoded action does not open a gripper that holds an object.
+given it, so that one stray decoded action does not open a gripper that holds an object. It delays a close as
+well, which cost the task-0 specialist its grasp (measured: `results/round9-ten-task-wrist/`).
 
 The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
 training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
