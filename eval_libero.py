@@ -137,7 +137,7 @@ def load_policy(config):
             unnorm_key=config["unnorm_key"],
             n_action_steps=config["n_action_steps"],
             decoding=config["decoding"],
-            gripper_hold=config.get("gripper_hold") or 1,
+            gripper_hold=1 if config.get("gripper_hold") is None else config["gripper_hold"],
             dtype=getattr(torch, config["dtype"]),
             **({} if config.get("action_bin_window") is None else {"action_bin_window": config["action_bin_window"]}),
         )
@@ -699,6 +699,8 @@ def parse_args(argv=None):
         parser.error("--model is required with --policy worldvla")
     if args.policy != "worldvla" and args.gripper_hold is not None:
         parser.error("--gripper-hold applies to a WorldVLA policy (--policy worldvla)")
+    if args.gripper_hold is not None and args.gripper_hold < 1:
+        parser.error(f"--gripper-hold must be at least 1 (1: every action as decoded), got {args.gripper_hold}")
     if args.policy == "worldvla" and missing_local_checkpoint(args.model):
         parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:

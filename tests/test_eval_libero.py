@@ -192,6 +192,9 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--policy", "scripted", "--gripper-hold", "3", "--output-dir", "x"])
     assert "--gripper-hold applies to a WorldVLA policy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--model", "any/model", "--gripper-hold", "0", "--output-dir", "x"])
+    assert "--gripper-hold must be at least 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
