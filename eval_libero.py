@@ -60,7 +60,7 @@ from libero_sim.env import (
     third_person_frame,
     wrist_frame,
 )
-from policy_worldvla import missing_local_checkpoint, select_actions
+from policy_worldvla import GRIPPER_HOLD_DIRECTIONS, missing_local_checkpoint, select_actions
 from worldvla_cli import HelpFormatter, configure_logging
 from worldvla_results import append_jsonl, read_jsonl, write_text_atomically
 
@@ -138,6 +138,7 @@ def load_policy(config):
             n_action_steps=config["n_action_steps"],
             decoding=config["decoding"],
             gripper_hold=1 if config.get("gripper_hold") is None else config["gripper_hold"],
+            gripper_hold_direction=config.get("gripper_hold_direction") or "both",
             dtype=getattr(torch, config["dtype"]),
             **({} if config.get("action_bin_window") is None else {"action_bin_window": config["action_bin_window"]}),
         )
@@ -453,10 +454,10 @@ def work_units(pending, num_workers):
 # What decides an episode's outcome: a results folder holds episodes of one set of these only.
 OUTCOME_SETTINGS = (
     "policy", "model", "revision", "unnorm_key", "suite", "seed", "max_steps", "n_action_steps", "decoding", "dtype",
-    "action_bin_window", "gripper_hold",
+    "action_bin_window", "gripper_hold", "gripper_hold_direction",
 )
 # A model's settings without one of these (results written before it existed) mean its default.
-MODEL_SETTING_DEFAULTS = {"action_bin_window": 1, "gripper_hold": 1}
+MODEL_SETTING_DEFAULTS = {"action_bin_window": 1, "gripper_hold": 1, "gripper_hold_direction": "both"}
 
 
 def recorded_setting(settings, name):
@@ -535,6 +536,7 @@ def evaluate(config):
         config["model_resolved"] = getattr(policy.policy.model.config, "_name_or_path", None)
         config["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
         config["gripper_hold"] = policy.policy.gripper_hold
+        config["gripper_hold_direction"] = policy.policy.gripper_hold_direction
     settings = outcome_settings(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(output_dir, settings)
@@ -688,6 +690,11 @@ def parse_args(argv=None):
         help="execute a gripper command that reverses the executed one only after this many consecutive actions give "
         "it (default 1: every action as decoded, the paper's protocol)",
     )
+    parser.add_argument(
+        "--gripper-hold-direction", choices=GRIPPER_HOLD_DIRECTIONS, default=None,
+        help="the reversals --gripper-hold applies to: both (the default), or release (only the opening of a closed "
+        "gripper; a close is executed as decoded)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's policy-step limit (smoke tests only: reported numbers use the protocol's)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_DIR", help="instead of running: merge these results folders into --output-dir")
     args = parser.parse_args(argv)
@@ -701,6 +708,8 @@ def parse_args(argv=None):
         parser.error("--gripper-hold applies to a WorldVLA policy (--policy worldvla)")
     if args.gripper_hold is not None and args.gripper_hold < 1:
         parser.error(f"--gripper-hold must be at least 1 (1: every action as decoded), got {args.gripper_hold}")
+    if args.gripper_hold_direction is not None and (args.gripper_hold or 1) == 1:
+        parser.error("--gripper-hold-direction needs --gripper-hold above 1")
     if args.policy == "worldvla" and missing_local_checkpoint(args.model):
         parser.error(f"--model {missing_local_checkpoint(args.model)}")
     if args.num_workers < 1:

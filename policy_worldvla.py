@@ -11,7 +11,8 @@ K actions and queues the first `n_action_steps` of them: K (the default) execute
 the paper's evaluation does; fewer re-plans sooner (receding horizon). `gripper_hold=N` (off by default, the
 paper's protocol) executes a gripper command that reverses the executed one only once N consecutive actions have
 given it, so that one stray decoded action does not open a gripper that holds an object. It delays a close as
-well, which cost the task-0 specialist its grasp (measured: `results/round9-ten-task-wrist/`).
+well, which cost the task-0 specialist its grasp (measured: `results/round9-ten-task-wrist/`);
+`gripper_hold_direction="release"` holds only the opening of a closed gripper and executes a close as decoded.
 
 The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
 training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
@@ -41,6 +42,8 @@ try:
 except ImportError:
     from processing_worldvla import history_indices, prompt_frames, uses_wrist_camera
 
+# "release": hold only the opening of a closed gripper (a stray open drops the object; a delayed close misses it).
+GRIPPER_HOLD_DIRECTIONS = ("both", "release")
 
 def missing_local_checkpoint(name_or_path):
     """Why `name_or_path` cannot be a checkpoint, when it reads as a local folder that does not exist; None
@@ -83,9 +86,12 @@ class WorldVLAPolicy:
         gripper_hold (`int`): consecutive actions that must reverse the executed gripper command (its sign) before
             the reversal is executed; until then the executed gripper command is repeated. 1 (the default) executes
             every action as decoded.
+        gripper_hold_direction (`str`): the reversals `gripper_hold` applies to: "both" (the default), or "release"
+            (only the opening of a closed gripper; a close is executed as decoded).
     """
 
-    def __init__(self, model, processor, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1):
+    def __init__(self, model, processor, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1,
+                 gripper_hold_direction="both"):
         processor.check_compatible(model.config, check_weights=True)
         config = model.config
         self.model = model.eval()
@@ -110,10 +116,13 @@ class WorldVLAPolicy:
         if isinstance(gripper_hold, bool) or not isinstance(gripper_hold, int) or gripper_hold < 1:
             raise ValueError(f"gripper_hold must be an integer >= 1 (1: every action as decoded), got {gripper_hold!r}")
         self.gripper_hold = gripper_hold
+        if gripper_hold_direction not in GRIPPER_HOLD_DIRECTIONS:
+            raise ValueError(f"gripper_hold_direction must be one of {GRIPPER_HOLD_DIRECTIONS}, got {gripper_hold_direction!r}")
+        self.gripper_hold_direction = gripper_hold_direction
         self.reset()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1, **model_kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, revision=None, device=None, unnorm_key=None, n_action_steps=None, decoding="parallel", gripper_hold=1, gripper_hold_direction="both", **model_kwargs):
         """Load model and processor of a checkpoint folder or Hub repo (remote code) onto `device`
         (default: CUDA when present). The VQ encoder runs on the same device.
 
@@ -133,7 +142,8 @@ class WorldVLAPolicy:
             model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True, **model_kwargs)
         processor = AutoProcessor.from_pretrained(pretrained_model_name_or_path, revision=revision, trust_remote_code=True)
         processor.vq_model.to(device)
-        return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding, gripper_hold=gripper_hold)
+        return cls(model.to(device), processor, unnorm_key=unnorm_key, n_action_steps=n_action_steps, decoding=decoding, gripper_hold=gripper_hold,
+                   gripper_hold_direction=gripper_hold_direction)
 
     def reset(self):
         """Forget the history and the queued actions: call at the start of every episode."""
@@ -223,7 +233,8 @@ class WorldVLAPolicy:
     def _next_action(self):
         action = self._action_queue.popleft()
         gripper = action[-1]
-        if self._executed_gripper is not None and (gripper > 0) != (self._executed_gripper > 0):
+        reverses = self._executed_gripper is not None and (gripper > 0) != (self._executed_gripper > 0)
+        if reverses and (self.gripper_hold_direction == "both" or self._executed_gripper > 0):
             self._gripper_reversals += 1
             if self._gripper_reversals < self.gripper_hold:
                 action = action.copy()

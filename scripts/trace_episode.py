@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval_libero import LiberoWorldVLA, episode_seed, seed_episode  # noqa: E402
 from libero_sim.env import CLASSIC_SUITES, get_suite, make_env, max_policy_steps, run_episode, task_instruction  # noqa: E402
+from policy_worldvla import GRIPPER_HOLD_DIRECTIONS, WorldVLAPolicy  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import write_json_atomically  # noqa: E402
 
@@ -98,6 +99,8 @@ def parse_args(argv=None):
                         help="the decoding's action_bin_window (default: the checkpoint's config)")
     parser.add_argument("--gripper-hold", type=int, default=1,
                         help="the policy's gripper_hold (eval_libero.py's --gripper-hold; 1: every action as decoded)")
+    parser.add_argument("--gripper-hold-direction", choices=GRIPPER_HOLD_DIRECTIONS, default="both",
+                        help="the reversals --gripper-hold applies to (eval_libero.py's --gripper-hold-direction)")
     parser.add_argument("--output", required=True, help="the trace's JSON file")
     args = parser.parse_args(argv)
     if (args.policy == "worldvla") != (args.model is not None):
@@ -115,10 +118,9 @@ def main(argv=None):
     suite = get_suite(args.suite)
     bddl_file = suite.get_task_bddl_file_path(args.task)
     if args.policy == "worldvla":
-        from policy_worldvla import WorldVLAPolicy
-
         overrides = {} if args.action_bin_window is None else {"action_bin_window": args.action_bin_window}
-        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(args.model, gripper_hold=args.gripper_hold, **overrides))
+        policy = LiberoWorldVLA(WorldVLAPolicy.from_pretrained(
+            args.model, gripper_hold=args.gripper_hold, gripper_hold_direction=args.gripper_hold_direction, **overrides))
         env = make_env(bddl_file, camera_names=policy.camera_names, resolution=policy.image_size)
     else:
         from libero_sim.expert import ScriptedExpert
@@ -140,6 +142,7 @@ def main(argv=None):
     if args.policy == "worldvla":
         settings["action_bin_window"] = getattr(policy.policy.model.config, "action_bin_window", 1)
         settings["gripper_hold"] = args.gripper_hold
+        settings["gripper_hold_direction"] = args.gripper_hold_direction
     write_json_atomically(args.output, {"settings": settings, "summary": summary, "rows": traced.rows})
     logger.info("%s", json.dumps(summary))
     return summary

@@ -195,6 +195,9 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit):
         eval_libero.parse_args(["--model", "any/model", "--gripper-hold", "0", "--output-dir", "x"])
     assert "--gripper-hold must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_libero.parse_args(["--model", "any/model", "--gripper-hold-direction", "release", "--output-dir", "x"])
+    assert "--gripper-hold-direction needs --gripper-hold above 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -304,8 +307,8 @@ def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, m
 
 
 def test_the_gripper_hold_reaches_the_policy_and_the_settings(small_checkpoint, tmp_path):
-    """--gripper-hold is recorded with the episodes; a rerun without it (1, every action as decoded) into the same
-    folder is refused, and a folder written before the option existed reads as 1."""
+    """--gripper-hold and its direction are recorded with the episodes; a rerun with another hold or direction into
+    the same folder is refused, and a folder written before the options existed reads as 1, both."""
     output_dir = tmp_path / "eval"
     args = ["--model", str(small_checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
             "--output-dir", str(output_dir)]
@@ -313,10 +316,15 @@ def test_the_gripper_hold_reaches_the_policy_and_the_settings(small_checkpoint, 
     assert summary["settings"]["gripper_hold"] == 3 and summary["errors"] == 0
     with pytest.raises(SystemExit, match=r"'gripper_hold': \(3, 1\)"):
         eval_libero.main(args)
+    with pytest.raises(SystemExit, match=r"'gripper_hold_direction': \('both', 'release'\)"):
+        eval_libero.main([*args, "--gripper-hold", "3", "--gripper-hold-direction", "release"])
     settings = json.loads((output_dir / "settings.json").read_text())
-    del settings["gripper_hold"]
+    del settings["gripper_hold"], settings["gripper_hold_direction"]
     (output_dir / "settings.json").write_text(json.dumps(settings))
     assert eval_libero.main(args)["episodes"] == 1  # resumed: the episode is not run again
+    release_dir = tmp_path / "release"
+    summary = eval_libero.main([*args[:-1], str(release_dir), "--gripper-hold", "2", "--gripper-hold-direction", "release"])
+    assert summary["settings"]["gripper_hold_direction"] == "release" and summary["errors"] == 0
 
 
 def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkpoint, tmp_path):
@@ -332,7 +340,7 @@ def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkp
     with pytest.raises(SystemExit, match=r"'action_bin_window': \(9, 1\)"):
         eval_libero.main(args)
     trace = trace_episode.main(["--model", str(small_checkpoint), "--max-steps", "5", "--action-bin-window", "9",
-                                "--gripper-hold", "2", "--output", str(tmp_path / "trace.json")])
+                                "--gripper-hold", "2", "--gripper-hold-direction", "release", "--output", str(tmp_path / "trace.json")])
     assert trace["policy_steps"] == 5
     settings = json.loads((tmp_path / "trace.json").read_text())["settings"]
-    assert settings["action_bin_window"] == 9 and settings["gripper_hold"] == 2
+    assert settings["action_bin_window"] == 9 and settings["gripper_hold"] == 2 and settings["gripper_hold_direction"] == "release"

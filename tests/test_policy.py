@@ -128,7 +128,7 @@ def test_bad_arguments_are_refused(small_worldvla, episode_frames):
 def test_gripper_hold_lets_a_reversal_through_only_after_consecutive_actions_give_it(small_worldvla, episode_frames, monkeypatch):
     """gripper_hold=3: a stray open command inside a closed grasp is replaced by the executed close (the other six
     numbers of the action as decoded); three opens in a row open it. gripper_hold=1 executes the chunks as decoded,
-    and select_actions holds the gripper the same way."""
+    select_actions holds the gripper the same way, and gripper_hold_direction="release" holds the opens only."""
     import policy_worldvla
 
     grippers = [[0.9, 0.9, 0.8, 0.9, -0.7], [0.9, 0.9, -0.6, -0.7, -0.8], [-0.9, 0.5, -0.9, -0.9, -0.9]]
@@ -153,12 +153,21 @@ def test_gripper_hold_lets_a_reversal_through_only_after_consecutive_actions_giv
     np.testing.assert_array_equal(executed[3][:, -1], held)  # steps 4, 7, 8 held; the close at step 11 held too
 
     queries = iter(chunks)
+    release_only = WorldVLAPolicy(*small_worldvla, gripper_hold=3, gripper_hold_direction="release")
+    got = np.stack([release_only.select_action(frame, INSTRUCTION) for frame in frames])
+    released = [0.9, 0.9, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, -0.8, -0.9, 0.5, 0.5, 0.5, -0.9]
+    np.testing.assert_array_equal(got[:, -1], released)  # the close at step 11 as decoded; 3 opens then open it
+    np.testing.assert_array_equal(got[:, :6], decoded[:, :6])
+
+    queries = iter(chunks)
     batched = WorldVLAPolicy(*small_worldvla, gripper_hold=3)
     got = [select_actions([batched], [frame], INSTRUCTION)[0] for frame in frames]
     np.testing.assert_array_equal(np.stack(got), executed[3])
     for hold in (0, True, 2.0):
         with pytest.raises(ValueError, match="gripper_hold"):
             WorldVLAPolicy(*small_worldvla, gripper_hold=hold)
+    with pytest.raises(ValueError, match="gripper_hold_direction must be one of"):
+        WorldVLAPolicy(*small_worldvla, gripper_hold=3, gripper_hold_direction="close")
 
 
 def test_a_processor_of_another_model_is_refused(small_worldvla):
