@@ -11,8 +11,9 @@ K actions and queues the first `n_action_steps` of them: K (the default) execute
 the paper's evaluation does; fewer re-plans sooner (receding horizon). `gripper_hold=N` (off by default, the
 paper's protocol) executes a gripper command that reverses the executed one only once N consecutive actions have
 given it, so that one stray decoded action does not open a gripper that holds an object. It delays a close as
-well, which cost the task-0 specialist its grasp (measured: `results/round9-ten-task-wrist/`);
-`gripper_hold_direction="release"` holds only the opening of a closed gripper and executes a close as decoded.
+well, which cost the task-0 specialist its grasp; `gripper_hold_direction="release"` holds only the opening of a
+closed gripper and executes a close as decoded, which costs the specialist its re-grasps (both measured:
+`results/round9-ten-task-wrist/`).
 
 The history is the last `history_frames` frames observed since `reset()`, with the rule that builds the
 training samples (`processing_worldvla.history_indices`): after a reset the first query sees one frame, later
