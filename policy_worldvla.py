@@ -46,6 +46,7 @@ except ImportError:
 # "release": hold only the opening of a closed gripper (a stray open drops the object; a delayed close misses it).
 GRIPPER_HOLD_DIRECTIONS = ("both", "release")
 
+
 def missing_local_checkpoint(name_or_path):
     """Why `name_or_path` cannot be a checkpoint, when it reads as a local folder that does not exist; None
     otherwise. A Hub id (`owner/name`, or a bare legacy name) has at most one slash and no leading '.', '/' or

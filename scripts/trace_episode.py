@@ -107,6 +107,8 @@ def parse_args(argv=None):
         parser.error("--model is needed by --policy worldvla, and only by it")
     if args.gripper_hold < 1:
         parser.error(f"--gripper-hold must be at least 1 (1: every action as decoded), got {args.gripper_hold}")
+    if args.gripper_hold_direction != "both" and args.gripper_hold == 1:
+        parser.error("--gripper-hold-direction needs --gripper-hold above 1")
     if args.policy != "worldvla" and args.gripper_hold != 1:
         parser.error("--gripper-hold applies to a WorldVLA policy (--policy worldvla)")
     return args

@@ -26,11 +26,19 @@ def test_the_expert_closes_the_gripper_at_the_bowl_it_is_asked_to_pick(tmp_path)
     assert summary["closest_approach"]["akita_black_bowl_1"]["distance"] == pytest.approx(distances.min(), abs=1e-4)
 
 
-def test_a_model_is_needed_by_the_worldvla_policy_only(tmp_path):
-    with pytest.raises(SystemExit):
-        trace_episode.parse_args(["--output", str(tmp_path / "t.json")])
-    with pytest.raises(SystemExit):
-        trace_episode.parse_args(["--policy", "scripted", "--model", "m", "--output", str(tmp_path / "t.json")])
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    output = ["--output", str(tmp_path / "t.json")]
+    for argv, message in (
+        ([], "--model is needed by --policy worldvla, and only by it"),
+        (["--policy", "scripted", "--model", "m"], "--model is needed by --policy worldvla, and only by it"),
+        (["--model", "m", "--gripper-hold", "0"], "--gripper-hold must be at least 1"),
+        (["--policy", "scripted", "--gripper-hold", "3"], "--gripper-hold applies to a WorldVLA policy"),
+        (["--model", "m", "--gripper-hold-direction", "release"], "--gripper-hold-direction needs --gripper-hold above 1"),
+    ):
+        with pytest.raises(SystemExit):
+            trace_episode.parse_args([*argv, *output])
+        assert message in capsys.readouterr().err
+    assert trace_episode.parse_args(["--model", "m", "--gripper-hold", "3", "--gripper-hold-direction", "release", *output])
 
 
 def test_plot_traces_places_the_hand_relative_to_the_objects_first_position(tmp_path):
