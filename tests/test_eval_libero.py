@@ -168,36 +168,21 @@ def test_robustness_rows_and_change_from_base():
 
 
 def test_cli_errors_name_the_problem(capsys):
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--suite", "libero_spatial", "--output-dir", "x"])
-    assert "--model is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--tasks", "12", "--output-dir", "x"])
-    assert "Bad task id 12" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_nope", "--output-dir", "x"])
-    assert "invalid choice" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--model", "./no/such/folder", "--output-dir", "x"])
-    assert "no such folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--trials", "0-60", "--output-dir", "x"])
-    assert "do not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_90", "--perturbations", "all", "--output-dir", "x"])
-    assert "--perturbations needs --suite one of libero_spatial" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--suite", "libero_goal", "--perturbations", "env", "--output-dir", "x"])
-    assert "Bad --perturbations 'env'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--policy", "scripted", "--gripper-hold", "3", "--output-dir", "x"])
-    assert "--gripper-hold applies to a WorldVLA policy" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--model", "any/model", "--gripper-hold", "0", "--output-dir", "x"])
-    assert "--gripper-hold must be at least 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        eval_libero.parse_args(["--model", "any/model", "--gripper-hold-direction", "release", "--output-dir", "x"])
-    assert "--gripper-hold-direction needs --gripper-hold above 1" in capsys.readouterr().err
+    for argv, message in (
+        (["--suite", "libero_spatial"], "--model is required"),
+        (["--policy", "scripted", "--tasks", "12"], "Bad task id 12"),
+        (["--policy", "scripted", "--suite", "libero_nope"], "invalid choice"),
+        (["--model", "./no/such/folder"], "no such folder"),
+        (["--policy", "scripted", "--trials", "0-60"], "do not exist"),
+        (["--policy", "scripted", "--suite", "libero_90", "--perturbations", "all"], "--perturbations needs --suite one of libero_spatial"),
+        (["--policy", "scripted", "--suite", "libero_goal", "--perturbations", "env"], "Bad --perturbations 'env'"),
+        (["--policy", "scripted", "--gripper-hold", "3"], "--gripper-hold applies to a WorldVLA policy"),
+        (["--model", "any/model", "--gripper-hold", "0"], "--gripper-hold must be at least 1"),
+        (["--model", "any/model", "--gripper-hold-direction", "release"], "--gripper-hold-direction needs --gripper-hold above 1"),
+    ):
+        with pytest.raises(SystemExit):
+            eval_libero.parse_args([*argv, "--output-dir", "x"])
+        assert message in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
