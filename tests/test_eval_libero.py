@@ -291,12 +291,17 @@ def test_a_wrist_camera_checkpoint_sees_both_cameras_in_the_protocol(tmp_path, m
     assert third_person.shape == wrist.shape == (64, 64, 3) and np.abs(third_person.astype(int) - wrist).mean() > 10
 
 
+def one_short_episode(checkpoint, output_dir):
+    """eval_libero.py's arguments for task 0, state 1, five policy steps on the CPU."""
+    return ["--model", str(checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
+            "--output-dir", str(output_dir)]
+
+
 def test_the_gripper_hold_reaches_the_policy_and_the_settings(small_checkpoint, tmp_path):
     """--gripper-hold and its direction are recorded with the episodes; a rerun with another hold or direction into
     the same folder is refused, and a folder written before the options existed reads as 1, both."""
     output_dir = tmp_path / "eval"
-    args = ["--model", str(small_checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
-            "--output-dir", str(output_dir)]
+    args = one_short_episode(small_checkpoint, output_dir)
     summary = eval_libero.main([*args, "--gripper-hold", "3"])
     assert summary["settings"]["gripper_hold"] == 3 and summary["errors"] == 0
     with pytest.raises(SystemExit, match=r"'gripper_hold': \(3, 1\)"):
@@ -308,7 +313,7 @@ def test_the_gripper_hold_reaches_the_policy_and_the_settings(small_checkpoint, 
     (output_dir / "settings.json").write_text(json.dumps(settings))
     assert eval_libero.main(args)["episodes"] == 1  # resumed: the episode is not run again
     release_dir = tmp_path / "release"
-    summary = eval_libero.main([*args[:-1], str(release_dir), "--gripper-hold", "2", "--gripper-hold-direction", "release"])
+    summary = eval_libero.main([*one_short_episode(small_checkpoint, release_dir), "--gripper-hold", "2", "--gripper-hold-direction", "release"])
     assert summary["settings"]["gripper_hold_direction"] == "release" and summary["errors"] == 0
 
 
@@ -318,8 +323,7 @@ def test_the_action_bin_window_reaches_the_decoder_and_the_settings(small_checkp
     from scripts import trace_episode
 
     output_dir = tmp_path / "eval"
-    args = ["--model", str(small_checkpoint), "--tasks", "0", "--trials", "1", "--max-steps", "5", "--device", "cpu",
-            "--output-dir", str(output_dir)]
+    args = one_short_episode(small_checkpoint, output_dir)
     summary = eval_libero.main([*args, "--action-bin-window", "9"])
     assert summary["settings"]["action_bin_window"] == 9 and summary["errors"] == 0
     with pytest.raises(SystemExit, match=r"'action_bin_window': \(9, 1\)"):
