@@ -25,8 +25,10 @@ The demos come from random resets only, so the benchmark's 50 fixed initial stat
 
 Training continues in rounds: `--continue-from MODEL` trains an earlier run's model (`<work-dir>/train/model`)
 further on this run's demos (new ones with another `--seed`), keeping its tokenizer and action bins, so the vq and
-init stages are skipped. The shipped checkpoint is such a chain; its model card lists every round's command, and
-`previous/` in the shipped folder keeps the earlier rounds' cards, curves and LIBERO results:
+init stages are skipped. The shipped checkpoint is such a chain. Every run writes its chain of rounds to
+`<work-dir>/reproduce.json` (the earlier rounds from the `reproduce.json` of the model it continues, or of that
+model's work dir); a shipped folder holds it too, its model card lists every round's commands in order, and its
+`previous/` keeps the round before's card, curves and LIBERO results:
 
     python scripts/reproduce_checkpoint.py --work-dir runs/round1 --stages demos,vq,init,train
     python scripts/reproduce_checkpoint.py --work-dir runs/round2 --continue-from runs/round1/train/model --seed 1 \\
@@ -48,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from libero_sim.env import parse_task_ids  # noqa: E402
 from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
+from worldvla_results import write_json_atomically  # noqa: E402
 
 STAGES = ("demos", "vq", "init", "train", "eval", "diagnose", "ship")
 NUM_TASKS = 10  # in libero_spatial and in libero_object
@@ -228,6 +231,7 @@ def run_parallel(commands, log_dir, stage):
 
 
 PREVIOUS_ROUND_FILES = ("README.md", "training_summary.json", "training_curves.png", "world_model_filmstrip.png", "eval", "previous")
+ROUNDS_FILE = "reproduce.json"
 
 
 def reproduce_command(argv):
@@ -243,9 +247,59 @@ def reproduce_command(argv):
     return shlex.join(["python", "scripts/reproduce_checkpoint.py", *kept])
 
 
+def stage_lines(commands):
+    """Every stage's commands as a user types them (`python`, not this interpreter's path)."""
+    return [
+        shlex.join(["python", *command[1:]] if command[0] == sys.executable else command)
+        for stage in commands.values()
+        for command in stage
+    ]
+
+
+def rounds_of(model_dir):
+    """The rounds that made `model_dir`, oldest first: its own ROUNDS_FILE (a shipped folder) or that of the work dir
+    whose `train/model` it is. A model made elsewhere has no record: one entry names it as the start."""
+    model_dir = Path(model_dir)
+    records = [model_dir / ROUNDS_FILE]
+    if model_dir.parent.name == "train":
+        records.append(model_dir.parent.parent / ROUNDS_FILE)
+    for record in records:
+        if record.is_file():
+            return json.loads(record.read_text())["rounds"]
+    return [{"start": str(model_dir)}]
+
+
+def this_run_rounds(args, commands, argv):
+    """The chain this run's model belongs to: the rounds of the model it continues, then this run."""
+    earlier = rounds_of(args.continue_from) if args.continue_from else []
+    return earlier + [{"command": reproduce_command(argv), "stages": stage_lines(commands)}]
+
+
+def rounds_markdown(rounds):
+    """The model card's account of how to remake the model: every round's command, then what it runs."""
+    start = f"It starts from `{rounds[0]['start']}`, whose commands are not recorded here. " if "start" in rounds[0] else ""
+    made = [round_ for round_ in rounds if "command" in round_]
+    lines = [
+        f"{start}Made in {len(made)} round{'s' * (len(made) > 1)}"
+        + (
+            ", run in order, each continuing the model of the round before (`--continue-from` names where that model was"
+            " when the round ran: the earlier round's `<work-dir>/train/model`, or the folder it was shipped as)"
+            if len(made) > 1
+            else ""
+        )
+        + f"; `{ROUNDS_FILE}` holds the same commands.",
+    ]
+    for number, round_ in enumerate(made, start=1):
+        stages = "\n".join(round_["stages"])
+        lines.append(
+            f"### Round {number}\n\n```bash\n{round_['command']}\n```\n\nwhich runs, stage by stage:\n\n```bash\n{stages}\n```"
+        )
+    return "\n\n".join(lines) + "\n"
+
+
 def ship(args, commands, argv):
-    """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands; a model that
-    continues an earlier one keeps that one's card, curves and results under previous/."""
+    """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands of every round
+    that made it; a model that continues an earlier one keeps that one's card, curves and results under previous/."""
     work = Path(args.work_dir)
     model_dir, eval_dir = work / "train" / "model", work / "eval"
     if not (eval_dir / "summary.json").is_file():
@@ -279,7 +333,6 @@ def ship(args, commands, argv):
             "\n## World model (held-out demos, `eval_world_model.py`; `eval/world_model/`)\n\n"
             + (work / "world_model" / "results.md").read_text().strip() + "\n"
         )
-    earlier_reproduce = ""
     if earlier:
         for name in PREVIOUS_ROUND_FILES:
             source = earlier / name
@@ -288,26 +341,16 @@ def ship(args, commands, argv):
             elif source.is_file():
                 (staging / "previous").mkdir(exist_ok=True)
                 shutil.copy2(source, staging / "previous" / name)
-        earlier_card = (earlier / "README.md").read_text() if (earlier / "README.md").is_file() else ""
-        if "\n## Reproduce\n" in earlier_card:
-            earlier_reproduce = (
-                f"This round continues `{earlier}` (its card, curves and results: `previous/`), which was made by:\n\n"
-                + earlier_card.split("\n## Reproduce\n", 1)[1].strip()
-                + "\n\nthen this round, whose `--continue-from` is that model (from nothing: run the rounds in order, each "
-                "continuing the previous round's `<work-dir>/train/model`):\n\n"
-            )
+    rounds = this_run_rounds(args, commands, argv)
+    write_json_atomically(staging / ROUNDS_FILE, {"rounds": rounds})
     # train.py's card loads the model from where it was trained; the shipped card loads it from where it is shipped.
     card = (staging / "README.md").read_text().replace(repr(str(model_dir.resolve())), repr(f"checkpoints/{args.name}"))
-    stage_lines = "\n".join(
-        shlex.join(["python", *command[1:]] if command[0] == sys.executable else command) for stage in commands.values() for command in stage
-    )
     card += (
         f"\n## LIBERO ({args.suite}, fixed initial states {args.eval_trials} of "
         f"{'every task' if args.tasks == 'all' else 'tasks ' + args.tasks})\n\n"
         f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes. Per task "
         f"(`eval/results.md`):\n\n{(eval_dir / 'results.md').read_text()}{world_model}\n"
-        f"## Reproduce\n\n{earlier_reproduce}```bash\n{reproduce_command(argv)}\n```\n\n"
-        f"which runs, stage by stage:\n\n```bash\n{stage_lines}\n```\n"
+        f"## Reproduce\n\n{rounds_markdown(rounds)}"
     )
     (staging / "README.md").write_text(card)
     if target.exists():
@@ -330,6 +373,7 @@ def main(argv=None):
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "commands.json").write_text(json.dumps({stage: [shlex.join(c) for c in cs] for stage, cs in commands.items()}, indent=2))
+    write_json_atomically(work / ROUNDS_FILE, {"rounds": this_run_rounds(args, commands, sys.argv[1:] if argv is None else argv)})
     for stage in STAGES:
         if stage not in stages:
             continue

@@ -78,8 +78,7 @@ def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatc
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
 
     argv = ["--work-dir", str(work), "--continue-from", str(earlier), "--seed", "1", "--stages", "ship"]
-    args = reproduce.parse_args(argv)
-    reproduce.ship(args, reproduce.stage_commands(args), argv)
+    reproduce.main(argv)
 
     shipped = tmp_path / "checkpoints" / "worldvla-libero-spatial-64"
     assert (shipped / "previous" / "README.md").read_text() == (earlier / "README.md").read_text()
@@ -88,11 +87,34 @@ def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatc
     card = (shipped / "README.md").read_text()
     assert "from_pretrained('checkpoints/worldvla-libero-spatial-64', trust_remote_code=True)" in card
     assert trained_at not in card
-    earlier_reproduce = (earlier / "README.md").read_text().split("\n## Reproduce\n", 1)[1].strip()
-    assert earlier_reproduce in card
+    earlier_rounds = json.loads((earlier / reproduce.ROUNDS_FILE).read_text())["rounds"]
+    rounds = json.loads((shipped / reproduce.ROUNDS_FILE).read_text())["rounds"]
     this_round = f"python scripts/reproduce_checkpoint.py --work-dir {work} --continue-from {earlier} --seed 1"
-    assert card.index(earlier_reproduce) < card.index(this_round)
+    assert rounds[:-1] == earlier_rounds and rounds[-1]["command"] == this_round
+    assert len(rounds[-1]["stages"]) == 2 + 1 + 1 + 2  # demos, train, eval, diagnose
+    assert json.loads((work / reproduce.ROUNDS_FILE).read_text())["rounds"] == rounds
+    # The card lists every round in order, each command followed by what it runs.
+    positions = [card.index(f"### Round {n}\n\n```bash\n{r['command']}\n```") for n, r in enumerate(rounds, start=1)]
+    assert positions == sorted(positions) and len(rounds) == len(earlier_rounds) + 1 >= 3
     stage_block = card.rsplit("which runs, stage by stage:\n\n```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
-    assert all(line.startswith("python ") for line in stage_block) and len(stage_block) == 2 + 1 + 1 + 2  # demos, train, eval, diagnose
+    assert stage_block == rounds[-1]["stages"] and all(line.startswith("python ") for line in stage_block)
     summary = json.loads((work / "eval" / "summary.json").read_text())
     assert f"Success {summary['success_rate'] * 100:.1f}% over {summary['episodes']} episodes" in card
+
+
+def test_the_rounds_of_a_model_come_from_its_folder_or_its_work_dir(tmp_path):
+    shipped_rounds = json.loads((SHIPPED / reproduce.ROUNDS_FILE).read_text())["rounds"]
+    assert reproduce.rounds_of(SHIPPED) == shipped_rounds and all(set(r) == {"command", "stages"} for r in shipped_rounds)
+    argv = ["--work-dir", str(tmp_path / "round3"), "--continue-from", str(SHIPPED), "--seed", "2"]
+    args = reproduce.parse_args(argv)
+    (tmp_path / "round3").mkdir()
+    (tmp_path / "round3" / reproduce.ROUNDS_FILE).write_text(
+        json.dumps({"rounds": reproduce.this_run_rounds(args, reproduce.stage_commands(args), argv)})
+    )
+    continued = reproduce.rounds_of(tmp_path / "round3" / "train" / "model")
+    assert continued[:-1] == shipped_rounds and continued[-1]["command"].endswith("--seed 2")
+
+    elsewhere = tmp_path / "from-the-hub"
+    assert reproduce.rounds_of(elsewhere) == [{"start": str(elsewhere)}]
+    card = reproduce.rounds_markdown(reproduce.rounds_of(elsewhere) + continued[-1:])
+    assert card.startswith(f"It starts from `{elsewhere}`, whose commands are not recorded here. Made in 1 round;")
