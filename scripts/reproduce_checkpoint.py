@@ -297,7 +297,7 @@ def rounds_markdown(rounds):
     return "\n\n".join(lines) + "\n"
 
 
-def ship(args, commands, argv):
+def ship(args):
     """Copies the trained model into checkpoints/<name> with its LIBERO results and the commands of every round
     that made it; a model that continues an earlier one keeps that one's card, curves and results under previous/."""
     work = Path(args.work_dir)
@@ -341,8 +341,8 @@ def ship(args, commands, argv):
             elif source.is_file():
                 (staging / "previous").mkdir(exist_ok=True)
                 shutil.copy2(source, staging / "previous" / name)
-    rounds = this_run_rounds(args, commands, argv)
-    write_json_atomically(staging / ROUNDS_FILE, {"rounds": rounds})
+    shutil.copy2(work / ROUNDS_FILE, staging / ROUNDS_FILE)  # main() wrote this run's chain of rounds
+    rounds = json.loads((work / ROUNDS_FILE).read_text())["rounds"]
     # train.py's card loads the model from where it was trained; the shipped card loads it from where it is shipped.
     card = (staging / "README.md").read_text().replace(repr(str(model_dir.resolve())), repr(f"checkpoints/{args.name}"))
     card += (
@@ -378,7 +378,7 @@ def main(argv=None):
         if stage not in stages:
             continue
         if stage == "ship":
-            ship(args, commands, sys.argv[1:] if argv is None else argv)
+            ship(args)
         elif stage == "vq" and (work / "vq" / "processor").is_dir() and (work / "vq" / "eval" / "metrics.json").is_file():
             logger.info("vq: %s exists, skipped", work / "vq" / "processor")
         elif stage == "train" and (work / "train" / "model").is_dir():
