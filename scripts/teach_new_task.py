@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT  # noqa: E402
+from scripts.reproduce_checkpoint import stage_lines  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import append_jsonl, read_jsonl, write_json_atomically, write_text_atomically  # noqa: E402
 
@@ -248,7 +249,7 @@ def ship(args, commands):
     card = (staging / "README.md").read_text()
     card = card.replace(repr(str(adapter.resolve())), repr(f"checkpoints/{args.name}"))
     card = card.replace(repr(str(Path(args.base).resolve())), repr(adapter_config["base_model_name_or_path"]))
-    stage_lines = "\n".join(shlex.join(["python", *command[1:]]) for stage_commands in commands.values() for command in stage_commands)
+    commands_typed = "\n".join(stage_lines(commands))
     evaluate = "\n".join(
         f"python eval_libero.py --model checkpoints/{args.name} --suite {suite} --tasks {','.join(map(str, tasks))} "
         f"--trials {args.eval_trials} --output-dir runs/eval_{args.name}_{suite}"
@@ -259,7 +260,7 @@ def ship(args, commands):
         f"```bash\n{evaluate}\n```\n"
         f"\n## Measured (`{TABLE_FILE}`, `{SUMMARY_FILE}`)\n\nLIBERO, the benchmark's fixed initial states; before is the "
         f"base `{adapter_config['base_model_name_or_path']}`, after is the base with this adapter merged.\n\n"
-        f"{(work / TABLE_FILE).read_text()}\n## Reproduce\n\n```bash\n{stage_lines}\n```\n"
+        f"{(work / TABLE_FILE).read_text()}\n## Reproduce\n\n```bash\n{commands_typed}\n```\n"
     )
     write_text_atomically(staging / "README.md", card)
     if target.exists():
