@@ -323,7 +323,7 @@ def make_compute_metrics(processor, config, unnorm_key):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def model_card(model_args, data_args, training_args, summary, metrics, kind, repo, adapter_base=None):
+def model_card(model_args, data_args, training_args, summary, metrics, kind, repo, adapter_base=None, wrist_camera=False):
     recipe = {
         "learning_rate": training_args.learning_rate,
         "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
@@ -357,6 +357,8 @@ def model_card(model_args, data_args, training_args, summary, metrics, kind, rep
     if hub_base and not Path(hub_base).exists():
         front_matter.append(f"base_model: {hub_base}")
     front_matter.append("---")
+    # A wrist-camera model reads each history step's third-person frame, then its wrist frame (prompt_frames).
+    images = "[previous_frame, previous_wrist_frame, current_frame, current_wrist_frame]" if wrist_camera else "[previous_frame, current_frame]"
     if kind == "adapter":
         base_name, base_revision = adapter_base
         revision = f", revision={base_revision!r}" if base_revision else ""
@@ -366,7 +368,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 base = AutoModelForCausalLM.from_pretrained({base_name!r}{revision}, trust_remote_code=True)
 model = PeftModel.from_pretrained(base, {repo!r})  # model.merge_and_unload() gives a plain WorldVLA
 processor = AutoProcessor.from_pretrained({repo!r}, trust_remote_code=True)  # the new action statistics
-inputs = processor(text=instruction, images=[previous_frame, current_frame])
+inputs = processor(text=instruction, images={images})
 actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
 ```"""
     else:
@@ -374,7 +376,7 @@ actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-n
 from transformers import AutoModelForCausalLM, AutoProcessor
 model = AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained({repo!r}, trust_remote_code=True)
-inputs = processor(text=instruction, images=[previous_frame, current_frame])
+inputs = processor(text=instruction, images={images})
 actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
 ```"""
     statistics = summary["statistics"]
@@ -440,7 +442,9 @@ def save_outputs(trainer, processor, model_args, data_args, training_args, summa
                 peft_config = trainer.accelerator.unwrap_model(trainer.model).peft_config["default"]
                 base = (peft_config.base_model_name_or_path, peft_config.revision)
             repo = hub_repo_id or str(final.resolve())
-            (staging / "README.md").write_text(model_card(model_args, data_args, training_args, summary, metrics, kind, repo, base))
+            wrist_camera = uses_wrist_camera(trainer.accelerator.unwrap_model(trainer.model).config)
+            card = model_card(model_args, data_args, training_args, summary, metrics, kind, repo, base, wrist_camera)
+            (staging / "README.md").write_text(card)
             record = {
                 **summary,
                 "processes": training_args.world_size,

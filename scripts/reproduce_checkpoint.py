@@ -132,8 +132,11 @@ def trained_processor(args):
 
 def tokenizer_evaluation(args):
     """The folder of the tokenizer's held-out metrics, shipped as the model's vq_eval/."""
-    if args.continue_from:  # a continued model keeps its tokenizer
-        return Path(args.continue_from) / "vq_eval"
+    if args.continue_from:  # a continued model keeps its tokenizer: its evaluation is in the latest shipped folder
+        commands = [shlex.split(round_["command"]) for round_ in reversed(rounds_of(args.continue_from)) if "command" in round_]
+        continued = [args.continue_from] + [c[c.index("--continue-from") + 1] for c in commands if "--continue-from" in c]
+        found = [Path(folder) / "vq_eval" for folder in continued if (Path(folder) / "vq_eval").is_dir()]
+        return found[0] if found else Path(args.continue_from) / "vq_eval"
     if args.processor:  # a shipped tokenizer keeps its evaluation inside; train_vq.py's output beside the processor
         processor = Path(args.processor)
         return processor / "vq_eval" if (processor / "vq_eval").is_dir() else processor.parent / "eval"
@@ -283,7 +286,8 @@ def rounds_markdown(rounds):
         f"{start}Made in {len(made)} round{'s' * (len(made) > 1)}"
         + (
             ", run in order, each continuing the model of the round before (`--continue-from` names where that model was"
-            " when the round ran: the earlier round's `<work-dir>/train/model`, or the folder it was shipped as)"
+            " when the round ran: the earlier round's `<work-dir>/train/model`, or the folder it was shipped as; where a"
+            " later model has since been shipped to that folder, use the earlier round's `<work-dir>/train/model`)"
             if len(made) > 1
             else ""
         )
@@ -329,10 +333,9 @@ def ship(args):
         for name in ("results.md", "summary.json", "metrics_per_frame.png"):
             if (work / "world_model" / name).is_file():
                 shutil.copy2(work / "world_model" / name, staging / "eval" / "world_model" / name)
-        world_model = (
-            "\n## World model (held-out demos, `eval_world_model.py`; `eval/world_model/`)\n\n"
-            + (work / "world_model" / "results.md").read_text().strip() + "\n"
-        )
+        # The report names this machine's absolute paths; the card names them from the repository's root.
+        report = (work / "world_model" / "results.md").read_text().replace(f"{ROOT}/", "")
+        world_model = f"\n## World model (held-out demos, `eval_world_model.py`; `eval/world_model/`)\n\n{report.strip()}\n"
     if earlier:
         for name in PREVIOUS_ROUND_FILES:
             source = earlier / name

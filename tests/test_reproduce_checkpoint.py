@@ -65,6 +65,21 @@ def test_a_tokenizer_trained_before_replaces_the_vq_stage(tmp_path):
         reproduce.parse_args(["--work-dir", "w", "--processor", str(shipped_tokenizer), "--continue-from", "m"])
 
 
+def test_a_continued_round_finds_the_tokenizer_evaluation_up_its_chain_of_rounds(tmp_path):
+    shipped = tmp_path / "checkpoints" / "specialist"
+    (shipped / "vq_eval").mkdir(parents=True)
+    unshipped = tmp_path / "round9"
+    (unshipped / "train" / "model").mkdir(parents=True)
+    argv = ["--work-dir", str(unshipped), "--continue-from", str(shipped), "--seed", "8"]
+    args = reproduce.parse_args(argv)
+    (unshipped / reproduce.ROUNDS_FILE).write_text(
+        json.dumps({"rounds": reproduce.this_run_rounds(args, reproduce.stage_commands(args), argv)})
+    )
+    round10 = reproduce.parse_args(["--work-dir", str(tmp_path / "round10"), "--continue-from", str(unshipped / "train" / "model")])
+    assert reproduce.tokenizer_evaluation(round10) == shipped / "vq_eval"  # round 9's model has none of its own
+    assert reproduce.tokenizer_evaluation(args) == shipped / "vq_eval"
+
+
 def test_shipping_a_continued_round_keeps_the_earlier_round(tmp_path, monkeypatch):
     earlier = tmp_path / "round1-model"
     shutil.copytree(SHIPPED, earlier)

@@ -188,6 +188,7 @@ print(json.dumps({{"class": type(model).__module__, "key": processor.default_unn
     assert float(logits_of(local, torch.tensor(loaded["ids"])).double().sum()) == pytest.approx(loaded["logit_sum"], rel=1e-6)
     card = (full_run / "model" / "README.md").read_text()
     assert "## Recipe" in card and "## Data" in card and "constant_with_warmup" in card
+    assert "images=[previous_frame, current_frame])" in card  # a third-person model's prompt
 
 
 def test_resume_lands_on_the_same_step_and_weights(workspace):

@@ -151,6 +151,8 @@ def test_a_third_person_model_continues_with_the_wrist_camera_through_train_py(t
     config = WorldVLAConfig.from_pretrained(tmp_path / "wrist" / "model")
     assert config.wrist_camera and config.max_position_embeddings == int(room[1])
     assert reproduce_checkpoint.wrist_camera_room(tmp_path / "wrist" / "model") == []  # room made once
+    card = (tmp_path / "wrist" / "model" / "README.md").read_text()
+    assert "images=[previous_frame, previous_wrist_frame, current_frame, current_wrist_frame])" in card
     policy = WorldVLAPolicy.from_pretrained(tmp_path / "wrist" / "model")
     rng = np.random.default_rng(0)
     frame, wrist = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
