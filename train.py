@@ -54,10 +54,17 @@ def parse_arguments(argv=None):
     if model_args.lora_rank > 0 and model_args.model is None:
         parser.error("--lora-rank adapts a trained --model; a model trained from scratch is trained in full")
     # Inputs are checked here, before a model is loaded: a mistake costs a second, not a 7B load.
-    try:
-        worldvla_data.list_task_files(data_args.data_dir)
-    except worldvla_data.LiberoDataError as error:
-        parser.error(f"--data-dir: {error}")
+    for option, folder in (("--data-dir", data_args.data_dir), ("--replay-data-dir", data_args.replay_data_dir)):
+        try:
+            if folder is not None:
+                worldvla_data.list_task_files(folder)
+        except worldvla_data.LiberoDataError as error:
+            parser.error(f"{option}: {error}")
+    if data_args.replay_data_dir is not None:
+        if model_args.model is None:
+            parser.error("--replay-data-dir rehearses the tasks a trained --model knows; a model from scratch has none")
+        if data_args.replay_episodes_per_task < 1:
+            parser.error(f"--replay-episodes-per-task must be at least 1, got {data_args.replay_episodes_per_task}")
     for option, value in (("--model", model_args.model), ("--processor", model_args.processor)):
         if value is not None and missing_local_checkpoint(value):
             parser.error(f"{option} {missing_local_checkpoint(value)}")

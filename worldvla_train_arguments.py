@@ -76,6 +76,15 @@ class DataArguments:
     )
     sample_kinds: str = field(default="action,world_model", metadata={"help": "Sample kinds to train on: action, world_model or both."})
     data_cache_dir: str | None = field(default=None, metadata={"help": "Where the tokenised episodes are cached (default: the datasets cache)."})
+    replay_data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of demonstrations of tasks the --model already knows (LIBERO-format, one task per file): "
+            "the first --replay-episodes-per-task episodes of each join the training set, so that fine-tuning on "
+            "--data-dir rehearses the old tasks instead of overwriting them. Validation stays on --data-dir."
+        },
+    )
+    replay_episodes_per_task: int = field(default=5, metadata={"help": "Episodes of each --replay-data-dir task trained on."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples of each validation split (an even spread)."})
 
 

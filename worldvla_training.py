@@ -157,6 +157,8 @@ def build_datasets(data_args, processor, config, training_args):
     by_split = {name: [e for e, s in zip(episodes, splits) if s == name] for name in ("train", "val_ind", "val_ood")}
     if not by_split["train"]:
         raise ValueError(f"no training episodes in {data_args.data_dir}")
+    replay = replay_episodes(data_args, processor, config, training_args, new_tasks={episode.task for episode in episodes})
+    by_split["train"] += replay
 
     dataset_key = data_args.dataset_key or Path(data_args.data_dir).resolve().name
     statistics = action_statistics(by_split["train"], data_args, processor)
@@ -185,11 +187,39 @@ def build_datasets(data_args, processor, config, training_args):
         "action_stats": data_args.action_stats,
         "statistics": statistics,
         "episodes": {name: len(split) for name, split in by_split.items()},
+        "replay": {
+            "data_dir": str(data_args.replay_data_dir),
+            "tasks": len({episode.task for episode in replay}),
+            "episodes": len(replay),
+            "episodes_per_task": data_args.replay_episodes_per_task,
+        } if replay else None,
         "samples": {"train": len(train), **{f"val_{name}": len(data) for name, data in evaluation.items()}},
         "train_sample_kinds": {kind: train.count(kind) for kind in kinds},
     }
     logger.info("data: %s", json.dumps({k: v for k, v in summary.items() if k != "statistics"}))
     return train, evaluation, summary
+
+
+def replay_episodes(data_args, processor, config, training_args, new_tasks):
+    """The first `replay_episodes_per_task` episodes of each task of `replay_data_dir` (in demo order: episodes the
+    model was trained on, since every validation split holds out the last ones), or [] without a replay folder."""
+    if data_args.replay_data_dir is None:
+        return []
+    with training_args.main_process_first(desc="tokenising the replay demonstrations"):
+        rows = worldvla_data.tokenised_episodes(
+            data_args.replay_data_dir, processor, data_args.data_cache_dir, wrist_camera=uses_wrist_camera(config)
+        )
+    episodes = worldvla_data.load_episodes(rows)
+    shared = sorted(new_tasks & {episode.task for episode in episodes})
+    if shared:
+        raise ValueError(f"tasks {shared} are in both --data-dir and --replay-data-dir: replay is for the model's old tasks")
+    kept, seen = [], {}
+    for episode in episodes:
+        seen[episode.task] = seen.get(episode.task, 0) + 1
+        if seen[episode.task] <= data_args.replay_episodes_per_task:
+            kept.append(episode)
+    logger.info("replay: %d episodes of %d tasks from %s", len(kept), len(seen), data_args.replay_data_dir)
+    return kept
 
 
 def action_statistics(train_episodes, data_args, processor):
@@ -379,6 +409,12 @@ processor = AutoProcessor.from_pretrained({repo!r}, trust_remote_code=True)
 inputs = processor(text=instruction, images={images})
 actions = model.predict_action(**inputs, processor=processor)  # (1, K, 7), un-normalised
 ```"""
+    replay = summary.get("replay")
+    replay_line = "" if not replay else (
+        f"\n- Replay: the training set also holds {replay['episodes']} episodes of {replay['tasks']} tasks the base "
+        f"already knew (the first {replay['episodes_per_task']} of each file of `{replay['data_dir']}`), so that they are "
+        "rehearsed rather than overwritten."
+    )
     statistics = summary["statistics"]
     rows = "\n".join(
         f"| {name} | " + " | ".join(f"{value:.4f}" for value in statistics[name]) + " |"
@@ -397,7 +433,7 @@ instruction and images, and the next image from an image and an action.
 - {summary['task_files']} LIBERO-format task files from `{summary['data_dir']}`; no-op actions dropped,
   third-person frames rotated 180 degrees.
 - Episodes: {summary['episodes']}; samples: {summary['samples']}; training samples by kind:
-  {summary['train_sample_kinds']}.
+  {summary['train_sample_kinds']}.{replay_line}
 - Action statistics under the key `{summary['dataset_key']}` (the processor's default; `--action-stats
   {summary['action_stats']}`: min/max are the bounds the action bins were trained with):
 

@@ -80,6 +80,9 @@ def parse_args(argv=None):
     train.add_argument("--lora-rank", type=int, default=32)
     train.add_argument("--lora-learning-rate", type=float, default=1e-3)
     train.add_argument("--full-learning-rate", type=float, default=5e-4)
+    train.add_argument("--replay-data-dir", help="demos of the base's own tasks (e.g. its training data), rehearsed "
+                       "while learning the new ones (train.py --replay-data-dir)")
+    train.add_argument("--replay-episodes-per-task", type=int, default=5, help="episodes of each base task rehearsed")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-trials", default="0-19", help="fixed initial states of each new task")
     evaluation.add_argument("--base-suite", default="libero_spatial", choices=SUITES, help="the suite the base was trained on")
@@ -129,6 +132,8 @@ def training_command(args, kind):
         "--save-steps", str(args.eval_steps), "--save-total-limit", "2", "--logging-steps", "25",
         "--dataloader-num-workers", "0", "--seed", str(args.seed), "--report-to", "none", "--disable-tqdm", "true",
         *(lora if kind == "lora" else []),
+        *(["--replay-data-dir", str(args.replay_data_dir), "--replay-episodes-per-task", str(args.replay_episodes_per_task)]
+          if args.replay_data_dir else []),
     ]
 
 

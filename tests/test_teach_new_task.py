@@ -49,6 +49,12 @@ def test_lora_and_full_fine_tuning_share_data_steps_batch_and_seed(tmp_path, wri
     assert shared_options(lora) == shared_options(full)
     for name, value in (("--model", str(wrist_base)), ("--data-dir", "data/teach"), ("--max-steps", "300"), ("--seed", "11")):
         assert option(lora, name) == option(full, name) == value
+    assert "--replay-data-dir" not in lora
+    replaying = teach.stage_commands(arguments(tmp_path, wrist_base, "--replay-data-dir", "data/old", "--replay-episodes-per-task", "4"))
+    (lora,), (full,) = replaying["lora"], replaying["full"]
+    assert option(lora, "--replay-data-dir") == option(full, "--replay-data-dir") == "data/old"
+    assert option(lora, "--replay-episodes-per-task") == option(full, "--replay-episodes-per-task") == "4"
+    assert shared_options(lora) == shared_options(full)
 
     # One demo and one evaluation command per suite, the demos rendered as the wrist base's prompts show them.
     demos = {option(command, "--suite"): command for command in commands["demos"]}

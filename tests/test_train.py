@@ -24,10 +24,10 @@ from scripts.build_small_checkpoint import build_small_worldvla
 
 try:
     from tests.hub_server import hub_env, local_hub
-    from tests.libero_hdf5_fixture import write_libero_folder
+    from tests.libero_hdf5_fixture import write_libero_folder, write_libero_hdf5
 except ImportError:
     from hub_server import hub_env, local_hub
-    from libero_hdf5_fixture import write_libero_folder
+    from libero_hdf5_fixture import write_libero_folder, write_libero_hdf5
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -112,6 +112,13 @@ def test_inputs_are_checked_before_any_model_is_loaded(tmp_path, capsys):
         (["--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path / "data")], f"--model {tmp_path / 'no-model'}: no such folder"),
         (["--model", "runs/a/b", "--data-dir", str(tmp_path / "data")], "not a Hub id of the form owner/name"),
         (["--model", "org/name", "--processor", "./proc", "--data-dir", str(tmp_path / "data")], "--processor ./proc: no such folder"),
+    ]
+    cases += [
+        (["--model", "org/name", "--data-dir", str(tmp_path / "data"), "--replay-data-dir", str(empty)], "--replay-data-dir: no .hdf5 files in"),
+        (["--from-scratch-config", "c.json", "--data-dir", str(tmp_path / "data"), "--replay-data-dir", str(tmp_path / "data")],
+         "a model from scratch has none"),
+        (["--model", "org/name", "--data-dir", str(tmp_path / "data"), "--replay-data-dir", str(tmp_path / "data"),
+          "--replay-episodes-per-task", "0"], "--replay-episodes-per-task must be at least 1"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit):
@@ -303,6 +310,32 @@ def test_action_statistics_modes(workspace):
     # 2 tasks x 3 demos: nothing is held out (ceil(0.9 * 2) = 2 tasks, ceil(0.9 * 3) = 3 demos).
     assert evaluation == {} and summary["episodes"] == {"train": 6, "val_ind": 0, "val_ood": 0}
     assert summary["train_sample_kinds"] == {"action": 6 * (14 - 5 + 1), "world_model": 6 * 13}
+
+
+def test_replay_adds_the_first_episodes_of_each_old_task_to_training_only(workspace, tmp_path):
+    old_tasks = tmp_path / "old_tasks"
+    for index in range(3):
+        write_libero_hdf5(old_tasks / f"old_task_{index}_demo.hdf5", f"old instruction {index}", num_demos=4, num_steps=12, seed=10 + index)
+    run_train(workspace, tmp_path / "run", "--max-steps", 1, "--replay-data-dir", old_tasks, "--replay-episodes-per-task", 2)
+    summary = json.loads((tmp_path / "run" / "model" / "training_summary.json").read_text())
+    assert summary["replay"] == {"data_dir": str(old_tasks), "tasks": 3, "episodes": 6, "episodes_per_task": 2}
+    assert summary["episodes"] == {"train": 6 + 6, "val_ind": 0, "val_ood": 0}
+    assert summary["train_sample_kinds"] == {"action": 6 * 10 + 6 * 8, "world_model": 6 * 13 + 6 * 11}
+    assert "6 episodes of 3 tasks the base already knew (the first 2 of each file" in (tmp_path / "run" / "model" / "README.md").read_text()
+
+    args = worldvla_training.WorldVLATrainingArguments(output_dir=str(tmp_path / "stats"), use_cpu=True)
+    model, processor = build_small_worldvla(seed=0)
+    data_args = train.DataArguments(
+        data_dir=str(workspace / "data"), data_cache_dir=str(workspace / "cache"), action_stats="checkpoint",
+        replay_data_dir=str(old_tasks), replay_episodes_per_task=2,
+    )
+    train_set, _, _ = worldvla_training.build_datasets(data_args, processor, model.config, args)
+    replayed = [(e.task, e.demo) for e in train_set.episodes if e.task.startswith("old")]
+    assert replayed == [(f"old_task_{t}", f"demo_{d}") for t in range(3) for d in range(2)]
+    # A new task among the old ones is refused: it would be trained twice as often and named as known.
+    data_args.replay_data_dir = str(workspace / "data")
+    with pytest.raises(ValueError, match=r"tasks \['task_00', 'task_01'\] are in both --data-dir and --replay-data-dir"):
+        worldvla_training.build_datasets(data_args, processor, model.config, args)
 
 
 def test_quantile_bounds_survive_a_corrupted_value_and_name_it(caplog):
