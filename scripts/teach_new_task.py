@@ -313,6 +313,7 @@ def training_costs(work, kind):
         "weights_mb": megabytes(saved.glob("*.safetensors")) if saved.is_dir() else None,
         "folder_mb": megabytes(saved.rglob("*")) if saved.is_dir() else None,
         "held_out_action_accuracy": (summary or {}).get("metrics", {}).get("eval_ind_action_token_accuracy"),
+        "replay": (summary or {}).get("replay"),
     }
 
 
@@ -380,6 +381,10 @@ def teach_table(payload):
                 accuracy = "-" if accuracy is None else f"{100 * accuracy:.1f}%"
                 name = "LoRA" if kind == "lora" else "full fine-tuning"
                 lines.append(f"| {name} | {minutes} | {cost['invocations']} | {peak} | {cost['saved']} | {weights} | {folder} | {accuracy} |")
+        replay = next((cost["replay"] for cost in costs.values() if cost and cost["replay"]), None)
+        if replay:
+            lines += ["", f"Both trained on the new demos and on {replay['episodes']} episodes of {replay['tasks']} "
+                          f"task{'s' * (replay['tasks'] != 1)} the base knew (the first {replay['episodes_per_task']} of each file of `{replay['data_dir']}`), rehearsed."]
     return "\n".join(lines) + "\n"
 
 

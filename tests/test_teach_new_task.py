@@ -9,9 +9,9 @@ from scripts import teach_new_task as teach
 from scripts.build_small_checkpoint import build_small_worldvla
 
 try:
-    from tests.libero_hdf5_fixture import write_libero_folder
+    from tests.libero_hdf5_fixture import write_libero_folder, write_libero_hdf5
 except ImportError:
-    from libero_hdf5_fixture import write_libero_folder
+    from libero_hdf5_fixture import write_libero_folder, write_libero_hdf5
 
 
 def option(command, name):
@@ -95,8 +95,10 @@ def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path, monkey
     model.save_pretrained(base)
     processor.save_pretrained(base)
     write_libero_folder(tmp_path / "data", num_tasks=2, num_demos=3, num_steps=14)
+    write_libero_hdf5(tmp_path / "old" / "old_task_demo.hdf5", "an old instruction", num_demos=3, num_steps=12, seed=5)
     argv = ["--work-dir", str(tmp_path / "work"), "--base", str(base), "--task", "libero_goal:8", "--data-dir", str(tmp_path / "data"),
-            "--stages", "lora,full", "--train-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--lora-rank", "4"]
+            "--stages", "lora,full", "--train-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--lora-rank", "4",
+            "--replay-data-dir", str(tmp_path / "old"), "--replay-episodes-per-task", "2"]
     payload = teach.main(argv)
     costs = [json.loads(line) for line in (tmp_path / "work" / "costs.jsonl").read_text().splitlines()]
     assert [record["run"] for record in costs] == ["lora", "full"]
@@ -104,7 +106,10 @@ def test_real_training_runs_record_their_cost_and_are_not_rerun(tmp_path, monkey
     lora, full = payload["costs"]["lora"], payload["costs"]["full"]
     assert (lora["saved"], full["saved"]) == ("adapter", "full model") and lora["invocations"] == full["invocations"] == 1
     assert 0 < lora["weights_mb"] < full["weights_mb"] and lora["weights_mb"] < lora["folder_mb"]
+    replay = {"data_dir": str(tmp_path / "old"), "tasks": 1, "episodes": 2, "episodes_per_task": 2}
+    assert lora["replay"] == full["replay"] == replay
     table = (tmp_path / "work" / "teach.md").read_text()
+    assert f"on 2 episodes of 1 task the base knew (the first 2 of each file of `{tmp_path / 'old'}`), rehearsed." in table
     assert f"| LoRA | {lora['wall_seconds'] / 60:.1f} | 1 | {lora['peak_rss_mb']:.0f} | adapter | {lora['weights_mb']:.2f} |" in table
     assert (tmp_path / "work" / "lora" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "work" / "lora" / "model" / "model.safetensors").is_file()
