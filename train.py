@@ -55,9 +55,10 @@ def parse_arguments(argv=None):
         parser.error("--lora-rank adapts a trained --model; a model trained from scratch is trained in full")
     # Inputs are checked here, before a model is loaded: a mistake costs a second, not a 7B load.
     for option, folder in (("--data-dir", data_args.data_dir), ("--replay-data-dir", data_args.replay_data_dir)):
+        if folder is None:
+            continue
         try:
-            if folder is not None:
-                worldvla_data.list_task_files(folder)
+            worldvla_data.list_task_files(folder)
         except worldvla_data.LiberoDataError as error:
             parser.error(f"{option}: {error}")
     if data_args.replay_data_dir is not None:

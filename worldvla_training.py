@@ -209,17 +209,18 @@ def replay_episodes(data_args, processor, config, training_args, new_tasks):
         rows = worldvla_data.tokenised_episodes(
             data_args.replay_data_dir, processor, data_args.data_cache_dir, wrist_camera=uses_wrist_camera(config)
         )
-    episodes = worldvla_data.load_episodes(rows)
-    shared = sorted(new_tasks & {episode.task for episode in episodes})
+    tasks = rows["task"]
+    shared = sorted(new_tasks & set(tasks))
     if shared:
         raise ValueError(f"tasks {shared} are in both --data-dir and --replay-data-dir: replay is for the model's old tasks")
+    # Rows are chosen by their task names alone: only the kept episodes' codes are read into memory.
     kept, seen = [], {}
-    for episode in episodes:
-        seen[episode.task] = seen.get(episode.task, 0) + 1
-        if seen[episode.task] <= data_args.replay_episodes_per_task:
-            kept.append(episode)
+    for index, task in enumerate(tasks):
+        seen[task] = seen.get(task, 0) + 1
+        if seen[task] <= data_args.replay_episodes_per_task:
+            kept.append(index)
     logger.info("replay: %d episodes of %d tasks from %s", len(kept), len(seen), data_args.replay_data_dir)
-    return kept
+    return worldvla_data.load_episodes(rows.select(kept))
 
 
 def action_statistics(train_episodes, data_args, processor):

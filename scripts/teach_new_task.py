@@ -41,6 +41,7 @@ from libero_sim.expert import CLOSE_RISE, LIFT_HEIGHT  # noqa: E402
 from scripts.reproduce_checkpoint import stage_lines  # noqa: E402
 from worldvla_cli import HelpFormatter, configure_logging  # noqa: E402
 from worldvla_results import append_jsonl, read_jsonl, write_json_atomically, write_text_atomically  # noqa: E402
+from worldvla_train_arguments import DataArguments  # noqa: E402
 
 STAGES = ("demos", "before", "lora", "after", "forgetting", "full", "full_after", "ship")
 DEFAULT_STAGES = STAGES[:-1]  # shipping writes into the repository's checkpoints/: only on request
@@ -82,7 +83,8 @@ def parse_args(argv=None):
     train.add_argument("--full-learning-rate", type=float, default=5e-4)
     train.add_argument("--replay-data-dir", help="demos of the base's own tasks (e.g. its training data), rehearsed "
                        "while learning the new ones (train.py --replay-data-dir)")
-    train.add_argument("--replay-episodes-per-task", type=int, default=5, help="episodes of each base task rehearsed")
+    train.add_argument("--replay-episodes-per-task", type=int, default=DataArguments.replay_episodes_per_task,
+                       help="episodes of each base task rehearsed")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-trials", default="0-19", help="fixed initial states of each new task")
     evaluation.add_argument("--base-suite", default="libero_spatial", choices=SUITES, help="the suite the base was trained on")
